@@ -1,0 +1,150 @@
+"""Settings for chatproxy, read once from the environment (or a `.env` file).
+
+Every variable is documented in `.env.example`.
+"""
+
+import secrets
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+DEBUG = env.bool("DEBUG", default=True)
+
+
+def _development_secret_key() -> str:
+    """A per-checkout random key, so a fresh clone runs without sharing a known key."""
+    key_file = BASE_DIR / ".secret_key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o600)
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
+    SECRET_KEY = _development_secret_key()
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "streaming",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "chatproxy.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+ASGI_APPLICATION = "chatproxy.asgi.application"
+WSGI_APPLICATION = "chatproxy.wsgi.application"
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat"
+LOGOUT_REDIRECT_URL = "login"
+
+CSRF_FAILURE_VIEW = "streaming.views.csrf_failure"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Request bodies larger than this are refused with 413 before they are parsed.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("CHAT_MAX_REQUEST_BYTES", default=256 * 1024)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "streaming": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # The SDK and its HTTP client log request details at DEBUG; keep them quiet.
+        "openai": {"level": "WARNING"},
+        "httpx2": {"level": "WARNING"},
+        "httpcore2": {"level": "WARNING"},
+    },
+}
+
+# --- The upstream: any OpenAI-compatible server -------------------------------------------------
+
+OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
+OPENAI_CONNECT_TIMEOUT = env.float("OPENAI_CONNECT_TIMEOUT", default=5.0)
+# The longest silence tolerated from the upstream: before the first byte and between chunks.
+OPENAI_READ_TIMEOUT = env.float("OPENAI_READ_TIMEOUT", default=60.0)
+OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)
+
+# With no key the built-in demo model answers, through the same SDK and relay code.
+CHAT_DEMO_MODE = not OPENAI_API_KEY
+CHAT_DEMO_MODEL = "chatproxy-demo"
+# Seconds between the demo model's tokens.
+CHAT_DEMO_TOKEN_DELAY = env.float("CHAT_DEMO_TOKEN_DELAY", default=0.04)
+
+if CHAT_DEMO_MODE:
+    CHAT_DEFAULT_MODEL = CHAT_DEMO_MODEL
+    CHAT_ALLOWED_MODELS = [CHAT_DEMO_MODEL]
+else:
+    CHAT_DEFAULT_MODEL = env.str("CHAT_DEFAULT_MODEL", default="gpt-4o-mini")
+    CHAT_ALLOWED_MODELS = env.list("CHAT_ALLOWED_MODELS", default=[CHAT_DEFAULT_MODEL])
+    if CHAT_DEFAULT_MODEL not in CHAT_ALLOWED_MODELS:
+        raise ImproperlyConfigured("CHAT_DEFAULT_MODEL must be one of CHAT_ALLOWED_MODELS.")
+
+# Requests asking for more completion tokens are clamped to this; requests asking for none get it.
+CHAT_MAX_TOKENS = env.int("CHAT_MAX_TOKENS", default=1024)
+CHAT_MAX_MESSAGES = env.int("CHAT_MAX_MESSAGES", default=100)
+CHAT_MAX_INPUT_CHARS = env.int("CHAT_MAX_INPUT_CHARS", default=100_000)

@@ -1,0 +1,16 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from streaming import views
+
+urlpatterns = [
+    path("", views.chat_page, name="chat"),
+    path("api/chat/stream", views.chat_stream, name="chat-stream"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+]
+
+handler404 = "streaming.views.page_not_found"
+handler500 = "streaming.views.server_error"

@@ -1,0 +1,42 @@
+"""The upstream client: one `AsyncOpenAI` per event loop, pointed at the configured server.
+
+With no API key configured, the client points at the built-in demo model, a loopback
+OpenAI-compatible server, so the demo runs through exactly the code production runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+
+import httpx2
+from django.conf import settings
+from openai import AsyncOpenAI
+
+from . import demo_model
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncOpenAI] = weakref.WeakKeyDictionary()
+
+
+def get_upstream_client() -> AsyncOpenAI:
+    """The shared client of the running event loop (its connection pool is bound to the loop)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        client = _clients[loop] = _make_client()
+    return client
+
+
+def _make_client() -> AsyncOpenAI:
+    if settings.CHAT_DEMO_MODE:
+        server = demo_model.ensure_demo_server()
+        api_key, base_url = server.api_key, server.base_url
+    else:
+        api_key, base_url = settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL
+    timeout = httpx2.Timeout(
+        connect=settings.OPENAI_CONNECT_TIMEOUT,
+        read=settings.OPENAI_READ_TIMEOUT,
+        write=settings.OPENAI_READ_TIMEOUT,
+        pool=settings.OPENAI_CONNECT_TIMEOUT,
+    )
+    return AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=settings.OPENAI_MAX_RETRIES)

@@ -1,0 +1,84 @@
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.shortcuts import render, resolve_url
+from django.middleware.csrf import CsrfViewMiddleware
+from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
+from django.views.csrf import csrf_failure as default_csrf_failure
+
+from .chat_request import parse_chat_request
+from .errors import ApiError, error_response, invalid_request
+from .relay import open_chat_stream
+from .wire import framing_for
+
+
+@login_required
+def chat_page(request: HttpRequest) -> HttpResponse:
+    context = {
+        "demo_mode": settings.CHAT_DEMO_MODE,
+        "models": settings.CHAT_ALLOWED_MODELS,
+        "default_model": settings.CHAT_DEFAULT_MODEL,
+        "login_url": resolve_url(settings.LOGIN_URL),
+    }
+    return render(request, "streaming/chat.html", context)
+
+
+# Checked in the view, after authentication, so an anonymous caller learns it must log in (401)
+# rather than that its CSRF token is missing (403).
+_csrf = CsrfViewMiddleware(lambda request: HttpResponse())
+
+
+@csrf_exempt
+async def chat_stream(request: HttpRequest) -> HttpResponse:
+    """Relay one streaming chat completion to a logged-in user."""
+    if request.method != "POST":
+        response = error_response(ApiError(405, "Use POST.", "invalid_request_error", "method_not_allowed"))
+        response["Allow"] = "POST"
+        return response
+    user = await request.auser()
+    if not user.is_authenticated:
+        return error_response(ApiError(401, "Log in to use the chat API.", "authentication_error", "not_authenticated"))
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        body = None
+    if body is None or len(body) > limit:
+        return error_response(invalid_request(f"The request body is over {limit} bytes.", "body_too_large", 413))
+    csrf_refusal = _csrf.process_view(request, None, (), {})
+    if csrf_refusal is not None:
+        return csrf_refusal
+    try:
+        chat = parse_chat_request(body)
+        stream = await open_chat_stream(chat, user, framing_for(request.headers.get("Accept", "")))
+    except ApiError as error:
+        return error_response(error)
+    response = StreamingHttpResponse(stream, content_type=stream.content_type)
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    if _is_api(request):
+        message = f"CSRF verification failed: {reason} Send the csrftoken cookie's value in the X-CSRFToken header."
+        return error_response(ApiError(403, message, "permission_error", "csrf_failed"))
+    return default_csrf_failure(request, reason)
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return error_response(ApiError(404, f"No API endpoint at {request.path}.", "invalid_request_error", "not_found"))
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        return error_response(ApiError(500, "Internal server error.", "server_error", "internal_error"))
+    return defaults.server_error(request)

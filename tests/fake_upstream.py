@@ -1,0 +1,159 @@
+"""A scriptable OpenAI-compatible upstream speaking real HTTP/1.1 and SSE on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from streaming.demo_model import (
+    SSE_DONE,
+    ChunkFactory,
+    LoopbackHTTPServer,
+    ResponseWriter,
+    UpstreamRequest,
+    sse,
+)
+
+MID_STREAM_ERROR = b'data: {"error": {"message": "The model crashed mid-answer.", "type": "server_error"}}\n\n'
+
+
+@dataclass
+class Reply:
+    """How the fake upstream answers one chat request."""
+
+    pieces: list[str] = field(default_factory=lambda: ["Hello", ",", " world", "!"])
+    delay: float = 0.0
+    first_delay: float = 0.0
+    status: int = 200
+    error_message: str = "Upstream says no."
+    error_headers: dict[str, str] = field(default_factory=dict)
+    include_usage: bool = True
+    usage: tuple[int, int] = (11, 7)
+    # After this many content chunks: send an `error` event, drop the connection, or send a non-JSON event.
+    error_after: int | None = None
+    drop_after: int | None = None
+    malformed_after: int | None = None
+    # Send the response headers, then nothing at all.
+    hang: bool = False
+    send_done: bool = True
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+@dataclass
+class StreamRecord:
+    """What happened to one streamed answer, as the upstream saw it."""
+
+    request: UpstreamRequest
+    started_at: float
+    events_sent: int = 0
+    finished_at: float | None = None
+    client_closed_at: float | None = None
+    content_sent_at: list[float] = field(default_factory=list)
+
+
+class FakeUpstream(LoopbackHTTPServer):
+    def __init__(self, api_key: str) -> None:
+        super().__init__()
+        self.api_key = api_key
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.default_reply = Reply()
+            self._replies: deque[Reply] = deque()
+            self.requests: list[UpstreamRequest] = []
+            self.streams: list[StreamRecord] = []
+
+    def will_reply(self, *replies: Reply) -> None:
+        """Queue replies for the next requests; after them the default reply is used."""
+        with self._lock:
+            self._replies.extend(replies)
+
+    def _next_reply(self) -> Reply:
+        with self._lock:
+            return self._replies.popleft() if self._replies else self.default_reply
+
+    def wait_for_stream(self, timeout: float = 5.0) -> StreamRecord:
+        deadline = time.monotonic() + timeout
+        while not self.streams and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert self.streams, "no stream reached the upstream"
+        return self.streams[-1]
+
+    async def handle(self, request: UpstreamRequest, response: ResponseWriter) -> None:
+        with self._lock:
+            self.requests.append(request)
+        if request.headers.get("authorization") != f"Bearer {self.api_key}":
+            await response.json(401, _error(f"Incorrect API key provided: {_masked(request)}.", "invalid_api_key"))
+            return
+        reply = self._next_reply()
+        await asyncio.sleep(reply.first_delay)
+        if reply.status != 200:
+            await response.json(reply.status, _error(reply.error_message, f"status_{reply.status}"), reply.error_headers)
+            return
+        await self._stream(request, response, reply)
+
+    async def _stream(self, request: UpstreamRequest, response: ResponseWriter, reply: Reply) -> None:
+        body = request.json()
+        record = StreamRecord(request=request, started_at=time.monotonic())
+        with self._lock:
+            self.streams.append(record)
+        chunks = ChunkFactory(body["model"])
+        await response.start_stream({"x-request-id": f"req_{chunks.id[-12:]}"})
+        if reply.hang:
+            await response.client_closed.wait()
+            record.client_closed_at = response.client_closed_at
+            return
+        for event in _events(reply, chunks, body):
+            if record.events_sent and reply.delay:
+                try:
+                    await asyncio.wait_for(response.client_closed.wait(), reply.delay)
+                except TimeoutError:
+                    pass
+            if event is None:
+                response.abort()
+                break
+            if not await response.send(event):
+                break
+            record.events_sent += 1
+            if b'"content":"' in event and b'"role"' not in event:
+                record.content_sent_at.append(time.monotonic())
+        else:
+            await response.end_stream()
+        record.finished_at = time.monotonic()
+        record.client_closed_at = response.client_closed_at
+
+
+def _events(reply: Reply, chunks: ChunkFactory, body: dict) -> list[bytes | None]:
+    """The SSE events of one reply; None stands for dropping the connection."""
+    events: list[bytes | None] = [sse(chunks.role())]
+    for index, piece in enumerate(reply.pieces):
+        if index == reply.error_after:
+            return [*events, MID_STREAM_ERROR]
+        if index == reply.drop_after:
+            return [*events, None]
+        if index == reply.malformed_after:
+            return [*events, b"data: this is not json\n\n"]
+        events.append(sse(chunks.content(piece)))
+    events.append(sse(chunks.finish()))
+    if reply.include_usage and (body.get("stream_options") or {}).get("include_usage"):
+        events.append(sse(chunks.usage(*reply.usage)))
+    if reply.send_done:
+        events.append(SSE_DONE)
+    return events
+
+
+def _masked(request: UpstreamRequest) -> str:
+    key = request.headers.get("authorization", "").removeprefix("Bearer ")
+    return f"{key[:7]}****{key[-4:]}"
+
+
+def _error(message: str, code: str) -> dict:
+    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
