@@ -138,7 +138,8 @@ class LoopbackHTTPServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> LoopbackHTTPServer:
-        threading.Thread(target=self._run, name=type(self).__name__, daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name=type(self).__name__, daemon=True)
+        self._thread.start()
         if not self._ready.wait(10):
             raise RuntimeError(f"{type(self).__name__} did not start")
         return self
@@ -146,13 +147,23 @@ class LoopbackHTTPServer:
     def stop(self) -> None:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
 
     def _run(self) -> None:
         self._loop = loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         server = loop.run_until_complete(asyncio.start_server(self._serve_connection, "127.0.0.1", 0))
         self.port = server.sockets[0].getsockname()[1]
         self._ready.set()
-        loop.run_forever()
+        try:
+            loop.run_forever()
+        finally:
+            server.close()
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.close()
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
