@@ -81,6 +81,10 @@ DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
 }
 
+# Counters for per-user limits. Local memory is per process; use Redis (redis://...) when the site
+# runs in more than one process, so the limits hold across all of them.
+CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -125,9 +129,15 @@ LOGGING = {
 OPENAI_API_KEY = env.str("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env.str("OPENAI_BASE_URL", default="https://api.openai.com/v1")
 OPENAI_CONNECT_TIMEOUT = env.float("OPENAI_CONNECT_TIMEOUT", default=5.0)
-# The longest silence tolerated from the upstream: before the first byte and between chunks.
-OPENAI_READ_TIMEOUT = env.float("OPENAI_READ_TIMEOUT", default=60.0)
+# Seconds from the request to the first token of the answer (reasoning models think first).
+OPENAI_FIRST_TOKEN_TIMEOUT = env.float("OPENAI_FIRST_TOKEN_TIMEOUT", default=120.0)
+# The longest silence tolerated between two chunks once the answer has begun.
+OPENAI_IDLE_TIMEOUT = env.float("OPENAI_IDLE_TIMEOUT", default=60.0)
 OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=2)
+# Connections to the upstream per process; requests beyond it wait up to OPENAI_CONNECT_TIMEOUT, then get 503.
+OPENAI_MAX_CONNECTIONS = env.int("OPENAI_MAX_CONNECTIONS", default=100)
+# The request field that carries a per-user pseudonym upstream: safety_identifier, user, or empty for none.
+OPENAI_USER_FIELD = env.str("OPENAI_USER_FIELD", default="safety_identifier")
 
 # With no key the built-in demo model answers, through the same SDK and relay code.
 CHAT_DEMO_MODE = not OPENAI_API_KEY
@@ -148,3 +158,12 @@ else:
 CHAT_MAX_TOKENS = env.int("CHAT_MAX_TOKENS", default=1024)
 CHAT_MAX_MESSAGES = env.int("CHAT_MAX_MESSAGES", default=100)
 CHAT_MAX_INPUT_CHARS = env.int("CHAT_MAX_INPUT_CHARS", default=100_000)
+# While the upstream is silent, a keepalive goes to the client this often (seconds; 0 = never), so
+# proxies with idle timeouts do not cut the stream: a blank line in NDJSON, ": ping" in SSE.
+CHAT_KEEPALIVE_SECONDS = env.float("CHAT_KEEPALIVE_SECONDS", default=15.0)
+
+# Per-user limits (0 = no limit); staff override them per user or group in the admin.
+CHAT_REQUESTS_PER_MINUTE = env.int("CHAT_REQUESTS_PER_MINUTE", default=20)
+CHAT_CONCURRENT_STREAMS = env.int("CHAT_CONCURRENT_STREAMS", default=2)
+CHAT_DAILY_TOKEN_BUDGET = env.int("CHAT_DAILY_TOKEN_BUDGET", default=200_000)
+CHAT_MONTHLY_TOKEN_BUDGET = env.int("CHAT_MONTHLY_TOKEN_BUDGET", default=2_000_000)

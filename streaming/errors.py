@@ -52,6 +52,11 @@ def _upstream_message(exc: openai.APIError) -> str:
 
 def upstream_error(exc: BaseException) -> ApiError:
     """Map a failure of the upstream call (before or during the stream) to the API's error."""
+    if isinstance(exc, httpx2.PoolTimeout) or isinstance(exc.__cause__, httpx2.PoolTimeout):
+        return ApiError(
+            503, "All connections to the upstream are busy; try again shortly.", "upstream_error", "upstream_busy",
+            retry_after=1,
+        )
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
         return ApiError(504, "The upstream model server did not answer in time.", "upstream_error", "upstream_timeout")
     if isinstance(exc, openai.APIConnectionError) or isinstance(exc, httpx2.TransportError):

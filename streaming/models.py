@@ -35,3 +35,54 @@ class UsageLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} · {self.model} · {self.status} · {self.total_tokens} tokens"
+
+
+class UsageLimit(models.Model):
+    """Limits for one user or one group that replace the site-wide defaults from settings.
+
+    An empty field keeps the default; 0 means no limit. A user's own row wins; otherwise the most
+    generous value among the user's groups applies.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="usage_limit"
+    )
+    group = models.OneToOneField("auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="usage_limit")
+    requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
+    concurrent_streams = models.PositiveIntegerField(null=True, blank=True)
+    daily_token_budget = models.PositiveBigIntegerField(null=True, blank=True)
+    monthly_token_budget = models.PositiveBigIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(user__isnull=False, group__isnull=True) | models.Q(user__isnull=True, group__isnull=False),
+                name="usage_limit_for_one_user_or_one_group",
+                violation_error_message="Choose either a user or a group.",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Limits for {self.user or self.group}"
+
+
+class LimitRefusal(models.Model):
+    """How many requests a user had refused by each limit, per day."""
+
+    class Limit(models.TextChoices):
+        REQUESTS_PER_MINUTE = "requests_per_minute", "Requests per minute"
+        CONCURRENT_STREAMS = "concurrent_streams", "Concurrent streams"
+        DAILY_TOKEN_BUDGET = "daily_token_budget", "Daily token budget"
+        MONTHLY_TOKEN_BUDGET = "monthly_token_budget", "Monthly token budget"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="limit_refusals")
+    day = models.DateField()
+    limit = models.CharField(max_length=32, choices=Limit.choices)
+    count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "day", "limit"], name="one_refusal_count_per_user_day_limit")]
+        ordering = ["-day", "user"]
+
+    def __str__(self) -> str:
+        return f"{self.user} · {self.day} · {self.get_limit_display()} · {self.count}"

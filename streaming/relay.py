@@ -2,27 +2,32 @@
 
 The upstream's SSE events are relayed as their own bytes, reframed (NDJSON or SSE) but never
 re-serialized; each event is parsed once, only to account for usage and to spot errors.
-Whatever happens, the request ends with exactly one usage row.
+Whatever happens, the request ends with exactly one usage row and its concurrency slot released.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import anyio
 import httpx2
 import openai
 import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from openai._response import AsyncAPIResponse
 
 from .chat_request import ChatRequest
 from .errors import ApiError, upstream_error
+from .limits import SLOT_REFRESH_SECONDS, Admission, upstream_user_id
 from .models import UsageLog
 from .upstream import get_upstream_client
-from .usage import StreamAccount, record_usage
+from .usage import StreamAccount, save_usage_log
 from .wire import DONE, Framing, SSEDecoder, SSEEvent
 
 logger = logging.getLogger(__name__)
@@ -30,42 +35,85 @@ logger = logging.getLogger(__name__)
 # After [DONE], how long to wait for the upstream to end its body so its connection can be reused.
 DRAIN_SECONDS = 0.1
 UPSTREAM_READ_ERRORS = (httpx2.TransportError, anyio.EndOfStream)
+FIRST_TOKEN_TIMEOUT = ApiError(
+    504, "The upstream model did not start answering in time.", "upstream_error", "upstream_timeout"
+)
+IDLE_TIMEOUT = ApiError(504, "The upstream model stopped sending mid-answer.", "upstream_error", "upstream_timeout")
 
 
-async def open_chat_stream(chat: ChatRequest, user: AbstractBaseUser, framing: Framing) -> ChatStream:
+async def _finish(account: StreamAccount, admission: Admission) -> None:
+    """Write the usage row and free the concurrency slot: one thread hop for both."""
+
+    def finish() -> None:
+        try:
+            save_usage_log(account)
+        finally:
+            admission.release()
+
+    await sync_to_async(finish)()
+
+
+async def open_chat_stream(
+    chat: ChatRequest, user: AbstractBaseUser, framing: Framing, admission: Admission | None = None
+) -> ChatStream:
     """Start the upstream request; raise ApiError (after logging usage) if it fails before streaming."""
+    admission = admission or Admission()
     account = StreamAccount(user=user, chat=chat)
+    params = chat.upstream_params()
+    if settings.OPENAI_USER_FIELD:
+        params[settings.OPENAI_USER_FIELD] = upstream_user_id(user)
     request = get_upstream_client().chat.completions.with_streaming_response.create(
-        **chat.upstream_params(),
-        stream=True,
-        stream_options={"include_usage": True},
+        **params, stream=True, stream_options={"include_usage": True}
     )
+    first_token_deadline = account.started + settings.OPENAI_FIRST_TOKEN_TIMEOUT
     try:
-        response = await request.__aenter__()
+        async with asyncio.timeout(settings.OPENAI_FIRST_TOKEN_TIMEOUT):
+            response = await request.__aenter__()
     except asyncio.CancelledError:
         account.status = UsageLog.Status.CANCELLED
-        await record_usage(account)
+        await _finish(account, admission)
         raise
     except Exception as exc:
-        if not isinstance(exc, openai.APIError):
-            logger.exception("Unexpected failure opening the upstream stream")
-        failure = upstream_error(exc)
+        if isinstance(exc, TimeoutError):
+            failure = FIRST_TOKEN_TIMEOUT
+        else:
+            if not isinstance(exc, openai.APIError):
+                logger.exception("Unexpected failure opening the upstream stream")
+            failure = upstream_error(exc)
         account.request_id = getattr(exc, "request_id", None) or ""
         account.fail(failure.message)
-        await record_usage(account)
+        await _finish(account, admission)
         raise failure from exc
     account.request_id = response.request_id or ""
-    return ChatStream(response, framing, account)
+    return ChatStream(response, framing, account, admission, first_token_deadline)
 
 
 class ChatStream:
-    """An open upstream stream, relayed by iterating over it (once)."""
+    """An open upstream stream, relayed by iterating over it (once).
 
-    def __init__(self, response: AsyncAPIResponse, framing: Framing, account: StreamAccount) -> None:
+    A pump task reads the upstream while the relay loop writes to the client, so the relay can
+    wake up while the upstream is silent: to send a keepalive, or to give up after a timeout.
+    Everything that arrived while the client was being written to goes out as one write.
+    """
+
+    def __init__(
+        self,
+        response: AsyncAPIResponse,
+        framing: Framing,
+        account: StreamAccount,
+        admission: Admission,
+        first_token_deadline: float,
+    ) -> None:
         self._response = response
         self._framing = framing
         self._account = account
+        self._admission = admission
+        self._first_token_deadline = first_token_deadline
         self._decoder = SSEDecoder()
+        self._inbox: list[bytes] = []
+        self._upstream_ended = False
+        self._upstream_error: Exception | None = None
+        self._wakeup: asyncio.Future | None = None
         self._done = False
         self._failure: ApiError | None = None
 
@@ -75,17 +123,12 @@ class ChatStream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         account = self._account
+        pump = asyncio.create_task(self._pump())
         try:
             # daphne sends the response headers with the first body message; send them now.
             yield b""
-            try:
-                async for out in self._relay_upstream():
-                    yield out
-            except UPSTREAM_READ_ERRORS as exc:
-                self._failure = upstream_error(exc)
-            except Exception as exc:
-                logger.exception("Unexpected failure relaying the upstream stream")
-                self._failure = upstream_error(exc)
+            async for out in self._relay():
+                yield out
             if self._failure is None and not (self._done or account.finished):
                 self._failure = ApiError(
                     502, "The upstream ended the stream before it was complete.", "upstream_error", "upstream_incomplete"
@@ -98,31 +141,81 @@ class ChatStream:
                 end = self._framing.end()
                 if end:
                     yield end
+                await asyncio.wait({pump}, timeout=DRAIN_SECONDS)
         except (asyncio.CancelledError, GeneratorExit):
             account.status = UsageLog.Status.CANCELLED
             raise
         finally:
+            if not pump.done():
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
             await self._response.close()
-            await record_usage(account)
+            await _finish(account, self._admission)
 
-    async def _relay_upstream(self) -> AsyncIterator[bytes]:
-        """Everything one upstream read completed, framed, as one write; stops at [DONE] or an error."""
-        loop = asyncio.get_running_loop()
+    async def _pump(self) -> None:
         try:
-            async with asyncio.timeout(None) as drain_deadline:
-                async for data in self._response.http_response.aiter_bytes():
-                    if self._done:
-                        continue
-                    out = self._relay_events(self._decoder.feed(data))
-                    if out:
-                        yield out
-                    if self._failure is not None:
-                        return
-                    if self._done:
-                        drain_deadline.reschedule(loop.time() + DRAIN_SECONDS)
-        except TimeoutError:
-            if not self._done:
-                raise
+            async for data in self._response.http_response.aiter_bytes():
+                self._inbox.append(data)
+                self._wake()
+        except Exception as exc:
+            self._upstream_error = exc
+        finally:
+            self._upstream_ended = True
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def _relay(self) -> AsyncIterator[bytes]:
+        """Framed output as the upstream delivers it; keepalives while it is silent."""
+        keepalive = settings.CHAT_KEEPALIVE_SECONDS
+        idle_timeout = settings.OPENAI_IDLE_TIMEOUT
+        loop = asyncio.get_running_loop()
+        last_write = last_data = last_refresh = time.monotonic()
+        while True:
+            if self._inbox:
+                data = b"".join(self._inbox)
+                self._inbox.clear()
+                last_data = time.monotonic()
+                out = self._relay_events(self._decoder.feed(data))
+                if out:
+                    yield out
+                    last_write = time.monotonic()
+                if self._failure is not None or self._done:
+                    return
+                continue
+            if self._upstream_ended:
+                if self._upstream_error is not None:
+                    self._failure = self._read_failure(self._upstream_error)
+                return
+            now = time.monotonic()
+            if now - last_refresh > SLOT_REFRESH_SECONDS:
+                await sync_to_async(self._admission.refresh)()
+                last_refresh = now
+            if self._account.first_token_at is None:
+                deadline, timeout_error = self._first_token_deadline, FIRST_TOKEN_TIMEOUT
+            else:
+                deadline, timeout_error = last_data + idle_timeout, IDLE_TIMEOUT
+            if now >= deadline:
+                self._failure = timeout_error
+                return
+            if keepalive and now - last_write >= keepalive:
+                yield self._framing.keepalive
+                last_write = now
+            wake_at = min(deadline, last_write + keepalive) if keepalive else deadline
+            self._wakeup = loop.create_future()
+            if self._inbox or self._upstream_ended:  # the pump ran while this loop was away
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wake_at - time.monotonic())):
+                    await self._wakeup
+
+    def _read_failure(self, exc: Exception) -> ApiError:
+        if not isinstance(exc, UPSTREAM_READ_ERRORS):
+            logger.error("Unexpected failure reading the upstream stream", exc_info=exc)
+        return upstream_error(exc)
 
     def _relay_events(self, events: list[SSEEvent]) -> bytes:
         framed = []

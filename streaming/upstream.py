@@ -11,7 +11,7 @@ import weakref
 
 import httpx2
 from django.conf import settings
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 from . import demo_model
 
@@ -33,10 +33,23 @@ def _make_client() -> AsyncOpenAI:
         api_key, base_url = server.api_key, server.base_url
     else:
         api_key, base_url = settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL
+    # The relay enforces the first-token and idle timeouts itself; the read timeout is a backstop.
+    silence = max(settings.OPENAI_FIRST_TOKEN_TIMEOUT, settings.OPENAI_IDLE_TIMEOUT)
     timeout = httpx2.Timeout(
         connect=settings.OPENAI_CONNECT_TIMEOUT,
-        read=settings.OPENAI_READ_TIMEOUT,
-        write=settings.OPENAI_READ_TIMEOUT,
+        read=silence,
+        write=silence,
         pool=settings.OPENAI_CONNECT_TIMEOUT,
     )
-    return AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=settings.OPENAI_MAX_RETRIES)
+    connections = settings.OPENAI_MAX_CONNECTIONS
+    http_client = DefaultAsyncHttpxClient(
+        timeout=timeout,
+        limits=httpx2.Limits(max_connections=connections, max_keepalive_connections=connections),
+    )
+    return AsyncOpenAI(
+        api_key=api_key,
+        base_url=base_url,
+        timeout=timeout,
+        max_retries=settings.OPENAI_MAX_RETRIES,
+        http_client=http_client,
+    )

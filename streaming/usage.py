@@ -90,7 +90,7 @@ def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
-async def record_usage(account: StreamAccount) -> UsageLog:
+def save_usage_log(account: StreamAccount) -> UsageLog:
     row = account.as_usage_log()
-    await row.asave(force_insert=True)
+    row.save(force_insert=True)
     return row

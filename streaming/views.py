@@ -1,15 +1,17 @@
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
-from django.shortcuts import render, resolve_url
 from django.middleware.csrf import CsrfViewMiddleware
+from django.shortcuts import render, resolve_url
 from django.views import defaults
-from django.views.decorators.csrf import csrf_exempt
 from django.views.csrf import csrf_failure as default_csrf_failure
+from django.views.decorators.csrf import csrf_exempt
 
 from .chat_request import parse_chat_request
 from .errors import ApiError, error_response, invalid_request
+from .limits import admit
 from .relay import open_chat_stream
 from .wire import framing_for
 
@@ -52,7 +54,8 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         return csrf_refusal
     try:
         chat = parse_chat_request(body)
-        stream = await open_chat_stream(chat, user, framing_for(request.headers.get("Accept", "")))
+        admission = await sync_to_async(admit)(user)
+        stream = await open_chat_stream(chat, user, framing_for(request.headers.get("Accept", "")), admission)
     except ApiError as error:
         return error_response(error)
     response = StreamingHttpResponse(stream, content_type=stream.content_type)

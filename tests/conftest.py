@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -20,6 +21,10 @@ TEST_API_KEY = "sk-test-Zq8vP3xL0wR7nK2mT5yB9cJ4hD6fG1sA"
 MODEL = "gpt-test"
 OTHER_MODEL = "gpt-test-large"
 PASSWORD = "correct horse battery staple"
+# The live site's limits, set through its environment.
+LIVE_KEEPALIVE_SECONDS = 0.5
+LIVE_REQUESTS_PER_MINUTE = 30
+LIVE_CONCURRENT_STREAMS = 3
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +48,8 @@ def upstream_settings(settings, fake_upstream: FakeUpstream) -> None:
     settings.OPENAI_API_KEY = TEST_API_KEY
     settings.OPENAI_BASE_URL = fake_upstream.base_url
     settings.OPENAI_MAX_RETRIES = 0
-    settings.OPENAI_READ_TIMEOUT = 2.0
+    settings.OPENAI_FIRST_TOKEN_TIMEOUT = 2.0
+    settings.OPENAI_IDLE_TIMEOUT = 2.0
     settings.CHAT_DEMO_MODE = False
     settings.CHAT_DEFAULT_MODEL = MODEL
     settings.CHAT_ALLOWED_MODELS = [MODEL, OTHER_MODEL]
@@ -116,7 +122,11 @@ def _live_site_environment(**extra: str) -> dict[str, str]:
         "DATABASE_URL": _database_url(),
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "OPENAI_MAX_RETRIES": "0",
-        "OPENAI_READ_TIMEOUT": "2",
+        "OPENAI_FIRST_TOKEN_TIMEOUT": "2",
+        "OPENAI_IDLE_TIMEOUT": "2",
+        "CHAT_KEEPALIVE_SECONDS": str(LIVE_KEEPALIVE_SECONDS),
+        "CHAT_REQUESTS_PER_MINUTE": str(LIVE_REQUESTS_PER_MINUTE),
+        "CHAT_CONCURRENT_STREAMS": str(LIVE_CONCURRENT_STREAMS),
         **extra,
     }
 
@@ -177,3 +187,37 @@ def demo_client(demo_site: LiveSite, user) -> Iterator[httpx.Client]:
     client = logged_in_client(demo_site, user)
     yield client
     client.close()
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip a test whose outside tool is missing on this machine; under CI (env CI set) fail instead."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this fails instead of being skipped)", pytrace=False)
+    pytest.skip(reason)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless Chromium driven by sync Playwright, started afresh for each test (about 1 s).
+
+    While Playwright runs it marks its event loop as running in this thread, so here Django's ORM
+    raises SynchronousOnlyOperation and pytest-asyncio cannot run a loop. That is why this fixture is
+    not session-scoped: it would break every later test. Request it after the fixtures that use the
+    ORM (such as `user`), and read the database from another thread inside the test.
+    """
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        skip_or_fail("playwright is not installed: pip install -r requirements-dev.txt")
+    if not CHROMIUM.exists():
+        skip_or_fail(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()

@@ -26,6 +26,8 @@ class Reply:
 
     pieces: list[str] = field(default_factory=lambda: ["Hello", ",", " world", "!"])
     delay: float = 0.0
+    # Extra silence before the event with this index (0 is the first chunk, with the role).
+    pause_before: dict[int, float] = field(default_factory=dict)
     first_delay: float = 0.0
     status: int = 200
     error_message: str = "Upstream says no."
@@ -111,10 +113,11 @@ class FakeUpstream(LoopbackHTTPServer):
             await response.client_closed.wait()
             record.client_closed_at = response.client_closed_at
             return
-        for event in _events(reply, chunks, body):
-            if record.events_sent and reply.delay:
+        for index, event in enumerate(_events(reply, chunks, body)):
+            silence = (reply.delay if index else 0.0) + reply.pause_before.get(index, 0.0)
+            if silence:
                 try:
-                    await asyncio.wait_for(response.client_closed.wait(), reply.delay)
+                    await asyncio.wait_for(response.client_closed.wait(), silence)
                 except TimeoutError:
                     pass
             if event is None:

@@ -3,10 +3,12 @@
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
-from streaming.models import UsageLog
+from streaming.limits import record_refusal
+from streaming.models import LimitRefusal, UsageLimit, UsageLog
 
 
 @pytest.fixture
@@ -57,16 +59,28 @@ def test_rows_are_read_only(staff, rows):
     assert rows[0].status == "completed"
 
 
-def test_per_user_totals(staff, rows):
+def test_per_user_totals_show_usage_against_limits(staff, rows, settings):
+    settings.CHAT_DAILY_TOKEN_BUDGET = 1000
+    settings.CHAT_MONTHLY_TOKEN_BUDGET = 0
+    settings.CHAT_REQUESTS_PER_MINUTE = 20
+    settings.CHAT_CONCURRENT_STREAMS = 2
+    bob = rows[2].user
+    group = Group.objects.create(name="power users")
+    group.user_set.add(bob)
+    UsageLimit.objects.create(group=group, daily_token_budget=5000, requests_per_minute=0)
+    UsageLimit.objects.create(user=bob, concurrent_streams=4)
+    record_refusal(bob, LimitRefusal.Limit.CONCURRENT_STREAMS)
+    record_refusal(bob, LimitRefusal.Limit.CONCURRENT_STREAMS)
     page = staff.get("/admin/streaming/usagelog/per-user-totals/").content.decode()
 
     def cells(username):
         row = page[page.index(f">{username}<"):].split("</tr>")[0]
         return [cell.split("</td>")[0] for cell in row.split("<td>")[1:]]
 
-    # requests, completed, errors, cancelled, prompt, completion, total, today, this month
-    assert cells("alice") == ["2", "1", "0", "1", "55", "55", "110", "110", "110"]
-    assert cells("bob") == ["2", "1", "1", "0", "20", "20", "40", "0", "0"]
+    # requests, completed, errors, cancelled, prompt, completion, total, today, this month,
+    # then the limits that apply: daily, monthly, per minute, open streams; and refusals today.
+    assert cells("alice") == ["2", "1", "0", "1", "55", "55", "110", "110", "110", "1000", "no limit", "20", "2", "0"]
+    assert cells("bob") == ["2", "1", "1", "0", "20", "20", "40", "0", "0", "5000", "no limit", "no limit", "4", "2"]
 
 
 def test_non_staff_cannot_see_the_usage_log(client, db, django_user_model, rows):

@@ -172,7 +172,7 @@ def test_upstream_silence_mid_stream_times_out_with_an_error_line(site_client, f
     with site_client.stream("POST", STREAM_URL, json={"messages": MESSAGES}) as response:
         chunks = ndjson_lines(response)
     assert chunks[-1]["error"]["code"] == "upstream_timeout"
-    assert time.monotonic() - started < 5  # OPENAI_READ_TIMEOUT is 2 s on the live site
+    assert time.monotonic() - started < 5  # OPENAI_FIRST_TOKEN_TIMEOUT is 2 s on the live site
     assert wait_for_row(user).status == "error"
     fake_upstream.wait_for_stream()
     assert fake_upstream.streams[-1].client_closed_at is not None

@@ -1,0 +1,205 @@
+"""Per-user admission: requests per minute, concurrent streams, daily and monthly token budgets.
+
+Counters live in Django's cache (local memory in development, Redis in production) and use only
+atomic operations (`add`, `incr`), so limits hold when requests race, across processes on Redis.
+Budgets are counted from the usage log, so they survive restarts. `admit` does all its database
+and cache work in one synchronous call, so a request pays one thread hop for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.core.cache import cache
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from .errors import ApiError
+from .models import LimitRefusal, UsageLimit, UsageLog
+
+Limit = LimitRefusal.Limit
+WINDOW_SECONDS = 60
+# A concurrency slot outlives a crashed process by at most this long; open streams refresh theirs.
+SLOT_TTL_SECONDS = 120
+SLOT_REFRESH_SECONDS = 30
+CONCURRENCY_RETRY_AFTER = 5
+LIMIT_FIELDS = tuple(Limit.values)
+
+
+@dataclass(frozen=True)
+class EffectiveLimits:
+    """The limits that apply to one user; 0 means no limit."""
+
+    requests_per_minute: int
+    concurrent_streams: int
+    daily_token_budget: int
+    monthly_token_budget: int
+
+
+@dataclass
+class Admission:
+    """A request let through; holds its concurrency slot until `release`."""
+
+    slot_key: str | None = None
+    slot_token: str = ""
+
+    def refresh(self) -> None:
+        if self.slot_key:
+            cache.touch(self.slot_key, SLOT_TTL_SECONDS)
+
+    def release(self) -> None:
+        if self.slot_key and cache.get(self.slot_key) == self.slot_token:
+            cache.delete(self.slot_key)
+        self.slot_key = None
+
+
+def default_limits() -> EffectiveLimits:
+    return EffectiveLimits(
+        requests_per_minute=settings.CHAT_REQUESTS_PER_MINUTE,
+        concurrent_streams=settings.CHAT_CONCURRENT_STREAMS,
+        daily_token_budget=settings.CHAT_DAILY_TOKEN_BUDGET,
+        monthly_token_budget=settings.CHAT_MONTHLY_TOKEN_BUDGET,
+    )
+
+
+def limits_for(user: AbstractBaseUser) -> EffectiveLimits:
+    rows = UsageLimit.objects.filter(Q(user=user) | Q(group__user=user)).values("user_id", *LIMIT_FIELDS)
+    own = [row for row in rows if row["user_id"] == user.pk]
+    return resolve_limits(own[0] if own else None, [row for row in rows if row["user_id"] != user.pk])
+
+
+def resolve_limits(own: dict | None, groups: list[dict]) -> EffectiveLimits:
+    """The user's own override, else the most generous of their groups' (0, no limit, is the most), else the defaults."""
+    defaults = default_limits()
+    values = {}
+    for name in LIMIT_FIELDS:
+        group_values = [row[name] for row in groups if row[name] is not None]
+        if own and own[name] is not None:
+            values[name] = own[name]
+        elif group_values:
+            values[name] = 0 if 0 in group_values else max(group_values)
+        else:
+            values[name] = getattr(defaults, name)
+    return EffectiveLimits(**values)
+
+
+def period_starts(now: datetime | None = None) -> tuple[datetime, datetime]:
+    today = timezone.localtime(now).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today, today.replace(day=1)
+
+
+def tokens_used(user: AbstractBaseUser, now: datetime | None = None) -> tuple[int, int]:
+    """Tokens the user's finished requests used today and this month, in one query."""
+    today, month = period_starts(now)
+    totals = UsageLog.objects.filter(user=user, created_at__gte=month).aggregate(
+        today=Sum("total_tokens", filter=Q(created_at__gte=today), default=0),
+        month=Sum("total_tokens", default=0),
+    )
+    return totals["today"], totals["month"]
+
+
+def admit(user: AbstractBaseUser) -> Admission:
+    """Let the request in, or raise a 429 ApiError naming the limit (and count the refusal)."""
+    limits = limits_for(user)
+    try:
+        _check_budgets(user, limits)
+        _check_rate(user, limits)
+        return _take_slot(user, limits)
+    except LimitExceeded as refusal:
+        record_refusal(user, refusal.limit)
+        raise refusal.error from None
+
+
+class LimitExceeded(Exception):
+    def __init__(self, limit: str, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.error = ApiError(429, message, "rate_limit_error", limit, retry_after=max(1, retry_after))
+
+
+def _check_budgets(user: AbstractBaseUser, limits: EffectiveLimits) -> None:
+    if not (limits.daily_token_budget or limits.monthly_token_budget):
+        return
+    now = timezone.localtime()
+    used_today, used_month = tokens_used(user, now)
+    today, month = period_starts(now)
+    if limits.daily_token_budget and used_today >= limits.daily_token_budget:
+        tomorrow = today + timedelta(days=1)
+        raise LimitExceeded(
+            Limit.DAILY_TOKEN_BUDGET,
+            f"Daily token budget used up ({used_today} of {limits.daily_token_budget} tokens); it resets at midnight UTC.",
+            int((tomorrow - now).total_seconds()),
+        )
+    if limits.monthly_token_budget and used_month >= limits.monthly_token_budget:
+        next_month = (month + timedelta(days=32)).replace(day=1)
+        raise LimitExceeded(
+            Limit.MONTHLY_TOKEN_BUDGET,
+            f"Monthly token budget used up ({used_month} of {limits.monthly_token_budget} tokens); "
+            "it resets on the first of the month.",
+            int((next_month - now).total_seconds()),
+        )
+
+
+def _check_rate(user: AbstractBaseUser, limits: EffectiveLimits) -> None:
+    """A fixed window that opens at the user's first request and lasts a minute."""
+    if not limits.requests_per_minute:
+        return
+    now = int(time.time())
+    window_key = f"chatproxy:rpm:{user.pk}"
+    cache.add(window_key, now, timeout=WINDOW_SECONDS)
+    opened = cache.get(window_key, now)
+    count_key = f"chatproxy:rpm:{user.pk}:{opened}"
+    cache.add(count_key, 0, timeout=WINDOW_SECONDS + 1)
+    try:
+        count = cache.incr(count_key)
+    except ValueError:  # the window closed between add and incr
+        cache.add(count_key, 1, timeout=WINDOW_SECONDS + 1)
+        count = 1
+    if count > limits.requests_per_minute:
+        raise LimitExceeded(
+            Limit.REQUESTS_PER_MINUTE,
+            f"Rate limit: at most {limits.requests_per_minute} requests per minute.",
+            opened + WINDOW_SECONDS - now,
+        )
+
+
+def _take_slot(user: AbstractBaseUser, limits: EffectiveLimits) -> Admission:
+    """Claim one of the user's N concurrency slots; each claim is one atomic cache `add`."""
+    if not limits.concurrent_streams:
+        return Admission()
+    token = secrets.token_hex(8)
+    for slot in range(limits.concurrent_streams):
+        key = f"chatproxy:stream:{user.pk}:{slot}"
+        if cache.add(key, token, timeout=SLOT_TTL_SECONDS):
+            return Admission(slot_key=key, slot_token=token)
+    raise LimitExceeded(
+        Limit.CONCURRENT_STREAMS,
+        f"Too many open streams: at most {limits.concurrent_streams} at a time. Wait for one to finish.",
+        CONCURRENCY_RETRY_AFTER,
+    )
+
+
+def record_refusal(user: AbstractBaseUser, limit: str) -> None:
+    day = timezone.localdate()
+    counts = LimitRefusal.objects.filter(user=user, day=day, limit=limit)
+    if counts.update(count=F("count") + 1):
+        return
+    try:
+        with transaction.atomic():
+            LimitRefusal.objects.create(user=user, day=day, limit=limit, count=1)
+    except IntegrityError:
+        counts.update(count=F("count") + 1)
+
+
+def upstream_user_id(user: AbstractBaseUser) -> str:
+    """A stable identifier for the upstream's abuse monitoring that does not reveal who the user is."""
+    digest = hmac.new(settings.SECRET_KEY.encode(), f"chatproxy-user:{user.pk}".encode(), hashlib.sha256)
+    return f"user-{digest.hexdigest()[:32]}"
