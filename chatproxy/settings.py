@@ -85,6 +85,14 @@ DATABASES = {
 # runs in more than one process, so the limits hold across all of them.
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 
+# Where sessions live: "db" (default), "cache" (fastest; sessions are lost if Redis is flushed), or
+# "cached_db" (reads from the cache, writes through to the database).
+SESSION_ENGINE = {
+    "db": "django.contrib.sessions.backends.db",
+    "cache": "django.contrib.sessions.backends.cache",
+    "cached_db": "django.contrib.sessions.backends.cached_db",
+}[env.str("SESSION_STORE", default="db")]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -97,6 +105,16 @@ LOGIN_REDIRECT_URL = "chat"
 LOGOUT_REDIRECT_URL = "login"
 
 CSRF_FAILURE_VIEW = "streaming.views.csrf_failure"
+
+# HTTPS in production (see deploy/production.env.example): behind a TLS-terminating proxy that sets
+# X-Forwarded-Proto, with secure cookies and HSTS.
+if env.bool("BEHIND_HTTPS_PROXY", default=False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SECURE_COOKIES", default=False)
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -114,9 +132,15 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("CHAT_MAX_REQUEST_BYTES", default=256 * 10
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {"message": {"format": "%(message)s"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler"},
+        "request_lines": {"class": "logging.StreamHandler", "formatter": "message"},
+    },
     "loggers": {
         "streaming": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # One JSON line per chat request: user id, model, status, tokens, timings. No prompt, no key.
+        "streaming.requests": {"handlers": ["request_lines"], "level": "INFO", "propagate": False},
         # The SDK and its HTTP client log request details at DEBUG; keep them quiet.
         "openai": {"level": "WARNING"},
         "httpx2": {"level": "WARNING"},

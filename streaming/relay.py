@@ -26,6 +26,7 @@ from .chat_request import ChatRequest
 from .errors import ApiError, upstream_error
 from .limits import SLOT_REFRESH_SECONDS, Admission, upstream_user_id
 from .models import UsageLog
+from .request_log import log_request
 from .upstream import get_upstream_client
 from .usage import StreamAccount, save_usage_log
 from .wire import DONE, Framing, SSEDecoder, SSEEvent
@@ -44,13 +45,25 @@ IDLE_TIMEOUT = ApiError(504, "The upstream model stopped sending mid-answer.", "
 async def _finish(account: StreamAccount, admission: Admission) -> None:
     """Write the usage row and free the concurrency slot: one thread hop for both."""
 
-    def finish() -> None:
+    def finish() -> UsageLog:
         try:
-            save_usage_log(account)
+            return save_usage_log(account)
         finally:
             admission.release()
 
-    await sync_to_async(finish)()
+    row = await sync_to_async(finish)()
+    log_request(
+        user_id=row.user_id,
+        model=row.model,
+        status=row.status,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        total_tokens=row.total_tokens,
+        tokens_estimated=row.tokens_estimated,
+        ttft_ms=row.time_to_first_token_ms,
+        duration_ms=row.duration_ms,
+        upstream_request_id=row.upstream_request_id,
+    )
 
 
 async def open_chat_stream(

@@ -1,8 +1,14 @@
+import logging
+import secrets
+
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.db import DatabaseError, close_old_connections, connection
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 from django.shortcuts import render, resolve_url
 from django.views import defaults
@@ -11,9 +17,12 @@ from django.views.decorators.csrf import csrf_exempt
 
 from .chat_request import parse_chat_request
 from .errors import ApiError, error_response, invalid_request
-from .limits import admit
+from .limits import Admission, admit
 from .relay import open_chat_stream
+from .request_log import log_request
 from .wire import framing_for
+
+logger = logging.getLogger(__name__)
 
 
 @login_required
@@ -54,14 +63,55 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         return csrf_refusal
     try:
         chat = parse_chat_request(body)
-        admission = await sync_to_async(admit)(user)
-        stream = await open_chat_stream(chat, user, framing_for(request.headers.get("Accept", "")), admission)
+        admission = await sync_to_async(_admit)(user)
     except ApiError as error:
+        log_request(user_id=user.pk, status="refused", http_status=error.status, code=error.code)
+        return error_response(error)
+    try:
+        stream = await open_chat_stream(chat, user, framing_for(request.headers.get("Accept", "")), admission)
+    except ApiError as error:  # logged with its usage row
         return error_response(error)
     response = StreamingHttpResponse(stream, content_type=stream.content_type)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
+
+
+def _admit(user: AbstractBaseUser) -> Admission:
+    try:
+        return admit(user)
+    finally:
+        # Hand the database connection back now: a stream may stay open for minutes, and 500 open
+        # streams must not hold 500 connections. The usage row at the end takes one briefly.
+        close_old_connections()
+
+
+async def healthz(request: HttpRequest) -> JsonResponse:
+    """Database and cache reachability, for load balancers: 200 when both answer, else 503."""
+    checks = await sync_to_async(_check_services)()
+    healthy = all(state == "ok" for state in checks.values())
+    return JsonResponse({"status": "ok" if healthy else "unavailable", **checks}, status=200 if healthy else 503)
+
+
+def _check_services() -> dict[str, str]:
+    checks = {}
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        checks["database"] = "ok"
+    except DatabaseError:
+        logger.exception("Health check: the database is unreachable")
+        checks["database"] = "unreachable"
+    finally:
+        close_old_connections()
+    try:
+        token = secrets.token_hex(8)
+        cache.set("chatproxy:healthz", token, timeout=10)
+        checks["cache"] = "ok" if cache.get("chatproxy:healthz") == token else "not storing values"
+    except Exception:
+        logger.exception("Health check: the cache is unreachable")
+        checks["cache"] = "unreachable"
+    return checks
 
 
 def _is_api(request: HttpRequest) -> bool:

@@ -12,6 +12,7 @@ from typing import NoReturn
 import httpx
 import pytest
 from django.conf import settings as django_settings
+from django.core.cache import cache
 from django.test import Client
 
 from tests.fake_upstream import FakeUpstream
@@ -40,6 +41,12 @@ def fake_upstream(fake_upstream_server: FakeUpstream) -> Iterator[FakeUpstream]:
     fake_upstream_server.reset()
     yield fake_upstream_server
     fake_upstream_server.reset()
+
+
+@pytest.fixture(autouse=True)
+def empty_cache() -> None:
+    """Limits counted in one test must not leak into the next (on Redis the counters outlive a process)."""
+    cache.clear()
 
 
 @pytest.fixture(autouse=True)
