@@ -8,7 +8,7 @@ urlpatterns = [
     path("", views.chat_page, name="chat"),
     path("api/chat/stream", views.chat_stream, name="chat-stream"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/logout/", views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
 ]

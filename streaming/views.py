@@ -3,6 +3,7 @@ import secrets
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
@@ -23,6 +24,15 @@ from .request_log import log_request
 from .wire import framing_for
 
 logger = logging.getLogger(__name__)
+
+
+class LogoutView(auth_views.LogoutView):
+    """Logging out is a POST (Django 5); a GET, from a typed or bookmarked URL, asks to confirm."""
+
+    http_method_names = ["get", "post", "options"]
+
+    def get(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        return render(request, "registration/logout_confirm.html")
 
 
 @login_required

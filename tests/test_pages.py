@@ -70,3 +70,12 @@ def test_first_run_creates_one_account_with_a_generated_password(db, capsys, dja
     call_command("ensure_local_account")
     assert "password:" not in capsys.readouterr().out
     assert django_user_model.objects.count() == 1
+
+
+def test_a_typed_logout_url_asks_to_confirm_and_posting_logs_out(client_of):
+    client = client_of()
+    confirm = client.get("/accounts/logout/")
+    assert confirm.status_code == 200 and 'action="/accounts/logout/"' in confirm.content.decode()
+    assert client.get("/").status_code == 200  # still logged in after the GET
+    client.post("/accounts/logout/")
+    assert client.get("/").status_code == 302
