@@ -1,0 +1,167 @@
+// The official openai npm client reading chatproxy's streams, as a Node or browser front end would.
+//
+// Driven by tests/test_node_interop.py, which starts the site and a fake upstream, scripts the
+// upstream's reply, and runs one test of this file by name with these variables:
+//   CHATPROXY_URL, CHATPROXY_USERNAME, CHATPROXY_PASSWORD  the site and an account on it
+//   CHATPROXY_EXPECTED  JSON: {"pieces": [...], "usage": {...}, "min_spread_ms": n}
+//                       or {"pieces": [...before the error], "error": "message"}
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import { APIError } from "openai";
+import { Stream } from "openai/core/streaming";
+import { ChatCompletionStream } from "openai/lib/ChatCompletionStream";
+
+function setting(name) {
+  const value = process.env[name];
+  assert.ok(value, `${name} is not set: run this through tests/test_node_interop.py`);
+  return value;
+}
+
+const SITE = setting("CHATPROXY_URL");
+const EXPECTED = JSON.parse(setting("CHATPROXY_EXPECTED"));
+
+/** Cookies kept across requests, as a browser keeps them. */
+class CookieJar {
+  #cookies = new Map();
+
+  keep(response) {
+    for (const header of response.headers.getSetCookie()) {
+      const [pair] = header.split(";");
+      const [name, ...value] = pair.split("=");
+      this.#cookies.set(name.trim(), value.join("="));
+    }
+  }
+
+  get(name) {
+    return this.#cookies.get(name);
+  }
+
+  header() {
+    return [...this.#cookies].map(([name, value]) => `${name}=${value}`).join("; ");
+  }
+}
+
+/** Log in through the login form, exactly as a browser does, and return the session's cookies. */
+async function logIn() {
+  const jar = new CookieJar();
+  const loginUrl = `${SITE}/accounts/login/`;
+  const page = await fetch(loginUrl);
+  assert.equal(page.status, 200);
+  jar.keep(page);
+  const token = (await page.text()).match(/name="csrfmiddlewaretoken" value="([^"]+)"/)?.[1];
+  assert.ok(token && jar.get("csrftoken"), "the login page set no CSRF token");
+
+  const form = new URLSearchParams({
+    username: setting("CHATPROXY_USERNAME"),
+    password: setting("CHATPROXY_PASSWORD"),
+    csrfmiddlewaretoken: token,
+  });
+  const response = await fetch(loginUrl, {
+    method: "POST",
+    body: form,
+    headers: { Cookie: jar.header(), Referer: loginUrl },
+    redirect: "manual",
+  });
+  assert.equal(response.status, 302, "the login form refused the credentials");
+  jar.keep(response);
+  assert.ok(jar.get("sessionid"), "logging in set no session cookie");
+  return jar;
+}
+
+async function postChat(jar, accept) {
+  const response = await fetch(`${SITE}/api/chat/stream`, {
+    method: "POST",
+    headers: {
+      "Content-Type": "application/json",
+      Accept: accept,
+      "X-CSRFToken": jar.get("csrftoken"),
+      Cookie: jar.header(),
+    },
+    body: JSON.stringify({ messages: [{ role: "user", content: "Say hello." }] }),
+  });
+  assert.equal(response.status, 200, `the site answered ${response.status}: ${response.ok ? "" : await response.text()}`);
+  return response;
+}
+
+/** Read a whole answer with ChatCompletionStream, noting when each content delta arrived. */
+async function readAnswer(runner) {
+  const deltas = [];
+  runner.on("content", (delta) => deltas.push({ delta, at: performance.now() }));
+  const completion = await runner.finalChatCompletion();
+  return { completion, deltas };
+}
+
+function assertStreamedAsExpected({ completion, deltas }) {
+  assert.equal(completion.choices[0].message.content, EXPECTED.pieces.join(""));
+  assert.equal(completion.choices[0].finish_reason, "stop");
+  assert.deepEqual(completion.usage, EXPECTED.usage);
+  // One `content` event per piece the upstream sent, in order...
+  assert.deepEqual(
+    deltas.map(({ delta }) => delta),
+    EXPECTED.pieces,
+  );
+  // ...and each when it was sent, not all together at the end.
+  const spread = deltas.at(-1).at - deltas[0].at;
+  assert.ok(
+    spread >= EXPECTED.min_spread_ms,
+    `the deltas arrived within ${spread.toFixed(0)} ms; the upstream spread them over at least ${EXPECTED.min_spread_ms} ms`,
+  );
+}
+
+test("ndjson: ChatCompletionStream.fromReadableStream reads the answer as it streams", async () => {
+  const response = await postChat(await logIn(), "application/x-ndjson");
+  assert.match(response.headers.get("content-type"), /^application\/x-ndjson/);
+
+  assertStreamedAsExpected(await readAnswer(ChatCompletionStream.fromReadableStream(response.body)));
+});
+
+test("sse: Stream.fromSSEResponse reads the answer as it streams", async () => {
+  const response = await postChat(await logIn(), "text/event-stream");
+  assert.match(response.headers.get("content-type"), /^text\/event-stream/);
+
+  // The SDK's own SSE reader (which stops at [DONE]), turned into the NDJSON that ChatCompletionStream reads.
+  const chunks = Stream.fromSSEResponse(response, new AbortController());
+  assertStreamedAsExpected(await readAnswer(ChatCompletionStream.fromReadableStream(chunks.toReadableStream())));
+});
+
+test("ndjson: an error line mid-stream rejects the answer with an APIError", async () => {
+  const response = await postChat(await logIn(), "application/x-ndjson");
+  const runner = ChatCompletionStream.fromReadableStream(response.body);
+  const deltas = [];
+  const errors = [];
+  runner.on("content", (delta) => deltas.push(delta));
+  runner.on("error", (error) => errors.push(error));
+
+  await assert.rejects(runner.finalChatCompletion(), (error) => {
+    assert.ok(error instanceof APIError, `expected an APIError, got ${error}`);
+    assert.ok(error.message.includes(EXPECTED.error), `unexpected message: ${error.message}`);
+    assert.equal(error.type, "upstream_error");
+    return true;
+  });
+  assert.equal(errors.length, 1, "no `error` event was emitted");
+  assert.deepEqual(deltas, EXPECTED.pieces);
+});
+
+test("sse: an error event mid-stream throws an APIError from the Stream", async () => {
+  const response = await postChat(await logIn(), "text/event-stream");
+  const stream = Stream.fromSSEResponse(response, new AbortController());
+  const deltas = [];
+
+  await assert.rejects(
+    async () => {
+      for await (const chunk of stream) {
+        for (const choice of chunk.choices) {
+          if (choice.delta.content) deltas.push(choice.delta.content);
+        }
+      }
+    },
+    (error) => {
+      assert.ok(error instanceof APIError, `expected an APIError, got ${error}`);
+      assert.ok(error.message.includes(EXPECTED.error), `unexpected message: ${error.message}`);
+      assert.equal(error.type, "upstream_error");
+      return true;
+    },
+  );
+  assert.deepEqual(deltas, EXPECTED.pieces);
+});
