@@ -103,9 +103,9 @@ def test_first_chunk_reaches_the_client_while_the_upstream_is_still_sending(site
 
     assert len(arrivals) == 6
     assert arrivals[0] < record.content_sent_at[-1] - 0.5, "the first token waited for the rest of the answer"
-    # Each token is passed on as it comes, not gathered: arrivals track the upstream's pacing.
-    for sent, received in zip(record.content_sent_at, arrivals):
-        assert received - sent < 0.2
+    # Each token is passed on as it comes, not gathered: it reaches the client before the next is sent.
+    for received, next_sent in zip(arrivals, record.content_sent_at[1:]):
+        assert received < next_sent
 
 
 def test_headers_arrive_before_the_first_token(site_client, fake_upstream):

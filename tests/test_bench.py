@@ -1,0 +1,104 @@
+"""Tests of the benchmark harness (bench/): its text verification, and a smoke run end to end.
+
+The smoke run only happens under CI or with BENCH_SMOKE=1, since it starts several processes for
+about 15 s. Nothing here asserts a speed: timings on a shared machine are not a test result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench.answers import MODEL, StreamSpec
+from bench.http_client import Exchange
+from bench.transcript import read_transcript, verification_problems
+from bench.upstream import render_answer
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+smoke_test = pytest.mark.skipif(
+    not (os.environ.get("BENCH_SMOKE") == "1" or os.environ.get("CI")),
+    reason="benchmark smoke test: set BENCH_SMOKE=1 (CI runs it)",
+)
+
+
+def _relayed_lines(spec: StreamSpec) -> list[bytes]:
+    """The NDJSON lines a correct relay sends for the fake upstream's answer to `spec`."""
+    body = b""
+    for frame in render_answer(spec, MODEL, include_usage=True):
+        while frame:
+            size, _, rest = frame.partition(b"\r\n")
+            length = int(size, 16)
+            body += rest[:length]
+            frame = rest[length + 2 :]
+    events = [event.removeprefix(b"data: ") for event in body.split(b"\n\n") if event]
+    return [event + b"\n" for event in events if event != b"[DONE]"]
+
+
+def _problems(spec: StreamSpec, lines: list[bytes]) -> list[str]:
+    exchange = Exchange(sent_at=1.0, first_byte_at=1.1, ended_at=2.0, status=200)
+    exchange.pieces = [(1.1 + index / 1000, line) for index, line in enumerate(lines)]
+    return verification_problems(spec, exchange, read_transcript(exchange), sse=False)
+
+
+def test_verification_passes_a_faithful_relay() -> None:
+    spec = StreamSpec.new(chunks=30, delay_ms=0)
+    assert _problems(spec, _relayed_lines(spec)) == []
+
+
+def test_verification_catches_a_dropped_chunk() -> None:
+    spec = StreamSpec.new(chunks=30, delay_ms=0)
+    lines = _relayed_lines(spec)
+    del lines[5]
+    assert any("text differs" in problem for problem in _problems(spec, lines))
+
+
+def test_verification_catches_merged_chunks() -> None:
+    spec = StreamSpec.new(chunks=30, delay_ms=0)
+    lines = _relayed_lines(spec)
+    first, second = orjson.loads(lines[3]), orjson.loads(lines[4])
+    first["choices"][0]["delta"]["content"] += second["choices"][0]["delta"]["content"]
+    lines[3:5] = [orjson.dumps(first) + b"\n"]
+    assert any("dropped or merged" in problem for problem in _problems(spec, lines))
+
+
+def test_verification_catches_a_chunk_of_another_stream_and_a_missing_usage_chunk() -> None:
+    spec, other = StreamSpec.new(chunks=30, delay_ms=0), StreamSpec.new(chunks=30, delay_ms=0)
+    lines = _relayed_lines(spec)
+    lines[7] = lines[7].replace(spec.completion_id.encode(), other.completion_id.encode())
+    problems = _problems(spec, lines[:-1])
+    assert any("another stream" in problem for problem in problems)
+    assert any("usage" in problem for problem in problems)
+
+
+@smoke_test
+def test_quick_benchmark_runs_end_to_end_with_verified_text(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--server", "daphne", "--results-dir", str(tmp_path)],
+        cwd=BASE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, output
+    assert "Text verification: **passed**" in result.stdout, output
+    assert "| server | TTFB p50 / p99 ms |" in result.stdout, output
+    assert "| daphne | latency" in result.stdout, output
+
+    reports = sorted(tmp_path.glob("*.json"))
+    assert len(reports) == 1 and reports[0].with_suffix(".md").exists()
+    results = json.loads(reports[0].read_text())
+    assert results["verification"]["passed"] is True
+    assert results["verification"]["streams_checked"] > 0
+    daphne = results["servers"]["daphne"]
+    assert daphne["latency"]["proxy"]["failed_streams"] == 0
+    assert daphne["cpu_bound"]["proxy"]["content_chunks"] > 0
+    assert daphne["aborts"]["proxy"]["aborts"] > 0
