@@ -130,6 +130,7 @@ class LoopbackHTTPServer:
 
     def __init__(self) -> None:
         self.port = 0
+        self._writers: set[asyncio.StreamWriter] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
 
@@ -159,13 +160,19 @@ class LoopbackHTTPServer:
             loop.run_forever()
         finally:
             server.close()
+            # Dropping the connections lets their handlers end on their own: cancelling a handler
+            # task makes asyncio log an error from inside its streams machinery.
+            for writer in self._writers:
+                writer.transport.abort()
             pending = asyncio.all_tasks(loop)
-            for task in pending:
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=2))
+            for task in asyncio.all_tasks(loop):
                 task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             while True:
                 request = await read_request(reader)
@@ -178,6 +185,7 @@ class LoopbackHTTPServer:
         except ConnectionError:
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def handle(self, request: UpstreamRequest, response: ResponseWriter) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+import aiohttp
 import httpx2
 import openai
 from django.conf import settings
@@ -34,6 +35,13 @@ def invalid_request(message: str, code: str = "invalid_request", status: int = 4
     return ApiError(status=status, message=message, type="invalid_request_error", code=code)
 
 
+def upstream_busy() -> ApiError:
+    return ApiError(
+        503, "All connections to the upstream are busy; try again shortly.", "upstream_error", "upstream_busy",
+        retry_after=1,
+    )
+
+
 def redact_secrets(text: str) -> str:
     key = settings.OPENAI_API_KEY
     if key:
@@ -52,11 +60,8 @@ def _upstream_message(exc: openai.APIError) -> str:
 
 def upstream_error(exc: BaseException) -> ApiError:
     """Map a failure of the upstream call (before or during the stream) to the API's error."""
-    if isinstance(exc, httpx2.PoolTimeout) or isinstance(exc.__cause__, httpx2.PoolTimeout):
-        return ApiError(
-            503, "All connections to the upstream are busy; try again shortly.", "upstream_error", "upstream_busy",
-            retry_after=1,
-        )
+    if _refused(exc):
+        return ApiError(502, "The upstream model server could not be reached.", "upstream_error", "upstream_unreachable")
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
         return ApiError(504, "The upstream model server did not answer in time.", "upstream_error", "upstream_timeout")
     if isinstance(exc, openai.APIConnectionError) or isinstance(exc, httpx2.TransportError):
@@ -76,6 +81,20 @@ def upstream_error(exc: BaseException) -> ApiError:
     if isinstance(exc, openai.APIError):
         return ApiError(502, _upstream_message(exc), "upstream_error", "upstream_stream_error")
     return ApiError(502, "The upstream model server failed.", "upstream_error", "upstream_error")
+
+
+def _refused(exc: BaseException) -> bool:
+    """A refused or failed connection, which the aiohttp transport reports as a connect timeout."""
+    cause: BaseException | None = exc
+    for _ in range(5):
+        if cause is None:
+            return False
+        if isinstance(cause, (aiohttp.ClientConnectorError, ConnectionRefusedError)) and not isinstance(
+            cause, TimeoutError
+        ):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _retry_after(exc: openai.APIStatusError) -> int | None:

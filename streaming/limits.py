@@ -12,7 +12,8 @@ import hashlib
 import hmac
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -30,6 +31,7 @@ WINDOW_SECONDS = 60
 # A concurrency slot outlives a crashed process by at most this long; open streams refresh theirs.
 SLOT_TTL_SECONDS = 120
 SLOT_REFRESH_SECONDS = 30
+LIMITS_CACHE_SECONDS = 60
 CONCURRENCY_RETRY_AFTER = 5
 LIMIT_FIELDS = tuple(Limit.values)
 
@@ -71,9 +73,24 @@ def default_limits() -> EffectiveLimits:
 
 
 def limits_for(user: AbstractBaseUser) -> EffectiveLimits:
+    """The user's limits, cached for a minute; changes to overrides or groups drop the cached copy."""
+    key = _limits_key(user.pk)
+    cached = cache.get(key)
+    if cached is not None:
+        return EffectiveLimits(*cached)
     rows = UsageLimit.objects.filter(Q(user=user) | Q(group__user=user)).values("user_id", *LIMIT_FIELDS)
     own = [row for row in rows if row["user_id"] == user.pk]
-    return resolve_limits(own[0] if own else None, [row for row in rows if row["user_id"] != user.pk])
+    limits = resolve_limits(own[0] if own else None, [row for row in rows if row["user_id"] != user.pk])
+    cache.set(key, astuple(limits), LIMITS_CACHE_SECONDS)
+    return limits
+
+
+def _limits_key(user_id: int) -> str:
+    return f"chatproxy:limits:{user_id}"
+
+
+def forget_limits(user_ids: Iterable[int]) -> None:
+    cache.delete_many([_limits_key(user_id) for user_id in user_ids])
 
 
 def resolve_limits(own: dict | None, groups: list[dict]) -> EffectiveLimits:
@@ -97,13 +114,39 @@ def period_starts(now: datetime | None = None) -> tuple[datetime, datetime]:
 
 
 def tokens_used(user: AbstractBaseUser, now: datetime | None = None) -> tuple[int, int]:
-    """Tokens the user's finished requests used today and this month, in one query."""
+    """Tokens the user's finished requests used today and this month.
+
+    Kept as cache counters that each finished request adds to (`count_tokens`); where a counter is
+    missing (a cold cache, after a restart on local memory) it is seeded from the usage log.
+    """
+    day_key, month_key = _token_keys(user.pk, now)
+    counted = cache.get_many([day_key, month_key])
+    if len(counted) == 2:
+        return counted[day_key], counted[month_key]
     today, month = period_starts(now)
     totals = UsageLog.objects.filter(user=user, created_at__gte=month).aggregate(
         today=Sum("total_tokens", filter=Q(created_at__gte=today), default=0),
         month=Sum("total_tokens", default=0),
     )
+    cache.add(day_key, totals["today"], timeout=2 * 86400)
+    cache.add(month_key, totals["month"], timeout=32 * 86400)
     return totals["today"], totals["month"]
+
+
+def count_tokens(user_id: int, tokens: int, now: datetime | None = None) -> None:
+    """Add a finished request's tokens to the user's counters, where they are being kept."""
+    if not tokens:
+        return
+    for key in _token_keys(user_id, now):
+        try:
+            cache.incr(key, tokens)
+        except ValueError:  # not seeded: the next admission reads the usage log, this row included
+            pass
+
+
+def _token_keys(user_id: int, now: datetime | None) -> tuple[str, str]:
+    today = timezone.localtime(now)
+    return f"chatproxy:tokens:{user_id}:{today:%Y-%m-%d}", f"chatproxy:tokens:{user_id}:{today:%Y-%m}"
 
 
 def admit(user: AbstractBaseUser) -> Admission:

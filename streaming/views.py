@@ -16,7 +16,7 @@ from django.views import defaults
 from django.views.csrf import csrf_failure as default_csrf_failure
 from django.views.decorators.csrf import csrf_exempt
 
-from .chat_request import parse_chat_request
+from .chat_request import ChatRequest, parse_chat_request
 from .errors import ApiError, error_response, invalid_request
 from .limits import Admission, admit
 from .relay import open_chat_stream
@@ -58,25 +58,10 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
         response = error_response(ApiError(405, "Use POST.", "invalid_request_error", "method_not_allowed"))
         response["Allow"] = "POST"
         return response
-    user = await request.auser()
-    if not user.is_authenticated:
-        return error_response(ApiError(401, "Log in to use the chat API.", "authentication_error", "not_authenticated"))
-    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
-    try:
-        body = request.body
-    except RequestDataTooBig:
-        body = None
-    if body is None or len(body) > limit:
-        return error_response(invalid_request(f"The request body is over {limit} bytes.", "body_too_large", 413))
-    csrf_refusal = _csrf.process_view(request, None, (), {})
-    if csrf_refusal is not None:
-        return csrf_refusal
-    try:
-        chat = parse_chat_request(body)
-        admission = await sync_to_async(_admit)(user)
-    except ApiError as error:
-        log_request(user_id=user.pk, status="refused", http_status=error.status, code=error.code)
-        return error_response(error)
+    accepted = await sync_to_async(_accept)(request)
+    if isinstance(accepted, HttpResponse):
+        return accepted
+    user, chat, admission = accepted
     try:
         stream = await open_chat_stream(chat, user, framing_for(request.headers.get("Accept", "")), admission)
     except ApiError as error:  # logged with its usage row
@@ -87,12 +72,34 @@ async def chat_stream(request: HttpRequest) -> HttpResponse:
     return response
 
 
-def _admit(user: AbstractBaseUser) -> Admission:
+def _accept(request: HttpRequest) -> tuple[AbstractBaseUser, ChatRequest, Admission] | HttpResponse:
+    """Log-in, body size, CSRF, validation and admission, or the response refusing the request.
+
+    All of the request's database work before streaming, in one thread hop; then its database
+    connection goes back, since a stream may stay open for minutes and 500 open streams must not
+    hold 500 connections. The usage row at the end takes one briefly.
+    """
     try:
-        return admit(user)
+        user = request.user
+        if not user.is_authenticated:
+            return error_response(ApiError(401, "Log in to use the chat API.", "authentication_error", "not_authenticated"))
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        try:
+            body = request.body
+        except RequestDataTooBig:
+            body = None
+        if body is None or len(body) > limit:
+            return error_response(invalid_request(f"The request body is over {limit} bytes.", "body_too_large", 413))
+        csrf_refusal = _csrf.process_view(request, None, (), {})
+        if csrf_refusal is not None:
+            return csrf_refusal
+        try:
+            chat = parse_chat_request(body)
+            return user, chat, admit(user)
+        except ApiError as error:
+            log_request(user_id=user.pk, status="refused", http_status=error.status, code=error.code)
+            return error_response(error)
     finally:
-        # Hand the database connection back now: a stream may stay open for minutes, and 500 open
-        # streams must not hold 500 connections. The usage row at the end takes one briefly.
         close_old_connections()
 
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from streaming.limits import limits_for
 from streaming.models import LimitRefusal, UsageLimit, UsageLog
-from streaming.upstream import get_upstream_client
+from streaming.upstream import get_upstream
 from tests.conftest import LIVE_KEEPALIVE_SECONDS, MODEL
 from tests.fake_upstream import Reply
 
@@ -112,6 +112,9 @@ def test_group_limits_apply_and_the_most_generous_group_wins(db, django_user_mod
         UsageLimit.objects.create(group=group, requests_per_minute=rpm, daily_token_budget=budget)
     limits = limits_for(user)
     assert (limits.requests_per_minute, limits.daily_token_budget) == (50, 0)
+    # Limits are cached; changing an override or a membership takes effect at once.
+    Group.objects.get(name="unlimited").user_set.remove(user)
+    assert limits_for(user).daily_token_budget == 2000
     UsageLimit.objects.create(user=user, requests_per_minute=3)
     assert limits_for(user).requests_per_minute == 3
     assert limits_for(user).concurrent_streams == settings.CHAT_CONCURRENT_STREAMS
@@ -160,7 +163,7 @@ def test_a_gap_longer_than_the_idle_timeout_ends_the_stream(site_client, fake_up
 async def test_one_bounded_upstream_client_per_process(settings, django_user_model, fake_upstream):
     settings.OPENAI_MAX_CONNECTIONS = 1
     settings.OPENAI_CONNECT_TIMEOUT = 0.5
-    assert get_upstream_client() is get_upstream_client()
+    assert get_upstream() is get_upstream()
     user = await django_user_model.objects.acreate_user("hal", password="pw-hal-123")
     client = AsyncClient()
     await client.aforce_login(user)
