@@ -26,6 +26,8 @@ PASSWORD = "correct horse battery staple"
 LIVE_KEEPALIVE_SECONDS = 0.5
 LIVE_REQUESTS_PER_MINUTE = 30
 LIVE_CONCURRENT_STREAMS = 3
+LIVE_DATABASE_POOL_MAX_SIZE = 4
+LIVE_SITE_DB_APPLICATION = "chatproxy-live-site"
 
 
 @pytest.fixture(scope="session")
@@ -77,7 +79,11 @@ def _database_url() -> str:
     if db["ENGINE"].endswith("sqlite3"):
         return f"sqlite:///{db['NAME']}"
     credentials = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{credentials}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+    # The name lets a test count the connections the site's processes hold.
+    return (
+        f"postgres://{credentials}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
+        f"?application_name={LIVE_SITE_DB_APPLICATION}"
+    )
 
 
 def _free_port() -> int:
@@ -134,6 +140,7 @@ def _live_site_environment(**extra: str) -> dict[str, str]:
         "CHAT_KEEPALIVE_SECONDS": str(LIVE_KEEPALIVE_SECONDS),
         "CHAT_REQUESTS_PER_MINUTE": str(LIVE_REQUESTS_PER_MINUTE),
         "CHAT_CONCURRENT_STREAMS": str(LIVE_CONCURRENT_STREAMS),
+        "DATABASE_POOL_MAX_SIZE": str(LIVE_DATABASE_POOL_MAX_SIZE),
         **extra,
     }
 
