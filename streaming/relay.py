@@ -21,7 +21,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from openai import AsyncOpenAI
-from openai._response import AsyncAPIResponse
+from openai._response import AsyncAPIResponse, AsyncResponseContextManager
 
 from .chat_request import ChatRequest
 from .errors import ApiError, upstream_busy, upstream_error
@@ -79,14 +79,15 @@ async def open_chat_stream(
     try:
         async with asyncio.timeout(settings.OPENAI_CONNECT_TIMEOUT):
             await upstream.connections.acquire()
-    except (TimeoutError, asyncio.CancelledError) as exc:
-        cancelled = isinstance(exc, asyncio.CancelledError)
-        account.status = UsageLog.Status.CANCELLED if cancelled else UsageLog.Status.ERROR
-        account.error_message = "" if cancelled else upstream_busy().message
+    except asyncio.CancelledError:
+        account.status = UsageLog.Status.CANCELLED
         await _finish(account, admission)
-        if cancelled:
-            raise
-        raise upstream_busy() from None
+        raise
+    except TimeoutError:
+        busy = upstream_busy()
+        account.fail(busy.message)
+        await _finish(account, admission)
+        raise busy from None
     first_token_deadline = account.started + settings.OPENAI_FIRST_TOKEN_TIMEOUT
     try:
         async with asyncio.timeout(first_token_deadline - time.monotonic()):
@@ -112,7 +113,9 @@ async def open_chat_stream(
     return ChatStream(response, framing, account, admission, first_token_deadline, upstream.connections.release)
 
 
-def _request(client: AsyncOpenAI, chat: ChatRequest, user: AbstractBaseUser):
+def _request(
+    client: AsyncOpenAI, chat: ChatRequest, user: AbstractBaseUser
+) -> AsyncResponseContextManager[AsyncAPIResponse]:
     """The SDK's raw streaming request for this chat."""
     params = chat.upstream_params()
     if settings.OPENAI_USER_FIELD:
