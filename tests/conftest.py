@@ -72,7 +72,7 @@ def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, t
         database.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
 
 
-def _database_url() -> str:
+def _database_url(application_name: str) -> str:
     from django.db import connection
 
     db = connection.settings_dict
@@ -82,7 +82,7 @@ def _database_url() -> str:
     # The name lets a test count the connections the site's processes hold.
     return (
         f"postgres://{credentials}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
-        f"?application_name={LIVE_SITE_DB_APPLICATION}"
+        f"?application_name={application_name}"
     )
 
 
@@ -130,9 +130,10 @@ class LiveSite:
         self._log.close()
 
 
-def _live_site_environment(**extra: str) -> dict[str, str]:
+def _live_site_environment(application_name: str, **extra: str) -> dict[str, str]:
+    """The environment of a site in a child process; `application_name` tags its database connections."""
     return {
-        "DATABASE_URL": _database_url(),
+        "DATABASE_URL": _database_url(application_name),
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "OPENAI_MAX_RETRIES": "0",
         "OPENAI_FIRST_TOKEN_TIMEOUT": "2",
@@ -150,6 +151,7 @@ def live_site(django_db_setup, fake_upstream_server, tmp_path_factory) -> Iterat
     site = LiveSite(
         tmp_path_factory.mktemp("live-site") / "daphne.log",
         _live_site_environment(
+            LIVE_SITE_DB_APPLICATION,
             OPENAI_API_KEY=TEST_API_KEY,
             OPENAI_BASE_URL=fake_upstream_server.base_url,
             CHAT_DEFAULT_MODEL=MODEL,
@@ -166,7 +168,7 @@ def demo_site(django_db_setup, tmp_path_factory) -> Iterator[LiveSite]:
     """The site with no API key: the built-in demo model answers."""
     site = LiveSite(
         tmp_path_factory.mktemp("demo-site") / "daphne.log",
-        _live_site_environment(OPENAI_API_KEY="", CHAT_DEMO_TOKEN_DELAY="0.01"),
+        _live_site_environment("chatproxy-demo-site", OPENAI_API_KEY="", CHAT_DEMO_TOKEN_DELAY="0.01"),
     )
     yield site
     site.stop()

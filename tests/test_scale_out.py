@@ -58,12 +58,12 @@ def two_sites(django_db_setup, fake_upstream_server, tmp_path_factory) -> Iterat
     require(uses_shared_cache(), "several server processes need a shared cache (CACHE_URL=redis://...)")
     require(uses_postgresql(), "several server processes need PostgreSQL (DATABASE_URL=postgres://...)")
     environment = _live_site_environment(
+        "chatproxy-two-sites",
         OPENAI_API_KEY=TEST_API_KEY,
         OPENAI_BASE_URL=fake_upstream_server.base_url,
         CHAT_DEFAULT_MODEL=MODEL,
         CHAT_ALLOWED_MODELS=f"{MODEL},{OTHER_MODEL}",
     )
-    environment["DATABASE_URL"] = environment["DATABASE_URL"].replace(LIVE_SITE_DB_APPLICATION, "chatproxy-two-sites")
     folder = tmp_path_factory.mktemp("two-sites")
     sites = [LiveSite(folder / f"daphne-{n}.log", environment) for n in (1, 2)]
     yield sites
