@@ -42,6 +42,14 @@ def upstream_busy() -> ApiError:
     )
 
 
+def first_token_timeout() -> ApiError:
+    return ApiError(504, "The upstream model did not start answering in time.", "upstream_error", "upstream_timeout")
+
+
+def idle_timeout() -> ApiError:
+    return ApiError(504, "The upstream model stopped sending mid-answer.", "upstream_error", "upstream_timeout")
+
+
 def redact_secrets(text: str) -> str:
     key = settings.OPENAI_API_KEY
     if key:
@@ -60,11 +68,9 @@ def _upstream_message(exc: openai.APIError) -> str:
 
 def upstream_error(exc: BaseException) -> ApiError:
     """Map a failure of the upstream call (before or during the stream) to the API's error."""
-    if _refused(exc):
-        return ApiError(502, "The upstream model server could not be reached.", "upstream_error", "upstream_unreachable")
-    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)):
+    if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)) and not _refused(exc):
         return ApiError(504, "The upstream model server did not answer in time.", "upstream_error", "upstream_timeout")
-    if isinstance(exc, openai.APIConnectionError) or isinstance(exc, httpx2.TransportError):
+    if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
         return ApiError(502, "The upstream model server could not be reached.", "upstream_error", "upstream_unreachable")
     if isinstance(exc, openai.APIStatusError):
         message = _upstream_message(exc)

@@ -24,7 +24,13 @@ from openai import AsyncOpenAI
 from openai._response import AsyncAPIResponse, AsyncResponseContextManager
 
 from .chat_request import ChatRequest
-from .errors import ApiError, upstream_busy, upstream_error
+from .errors import (
+    ApiError,
+    first_token_timeout,
+    idle_timeout,
+    upstream_busy,
+    upstream_error,
+)
 from .limits import SLOT_REFRESH_SECONDS, Admission, count_tokens, upstream_user_id
 from .models import UsageLog
 from .request_log import log_request
@@ -37,10 +43,6 @@ logger = logging.getLogger(__name__)
 # After [DONE], how long to wait for the upstream to end its body so its connection can be reused.
 DRAIN_SECONDS = 0.1
 UPSTREAM_READ_ERRORS = (httpx2.TransportError, anyio.EndOfStream)
-FIRST_TOKEN_TIMEOUT = ApiError(
-    504, "The upstream model did not start answering in time.", "upstream_error", "upstream_timeout"
-)
-IDLE_TIMEOUT = ApiError(504, "The upstream model stopped sending mid-answer.", "upstream_error", "upstream_timeout")
 
 
 async def _finish(account: StreamAccount, admission: Admission) -> None:
@@ -100,7 +102,7 @@ async def open_chat_stream(
     except Exception as exc:
         upstream.connections.release()
         if isinstance(exc, TimeoutError):
-            failure = FIRST_TOKEN_TIMEOUT
+            failure = first_token_timeout()
         else:
             if not isinstance(exc, openai.APIError):
                 logger.exception("Unexpected failure opening the upstream stream")
@@ -220,7 +222,7 @@ class ChatStream:
     async def _relay(self) -> AsyncIterator[bytes]:
         """Framed output as the upstream delivers it; keepalives while it is silent."""
         keepalive = settings.CHAT_KEEPALIVE_SECONDS
-        idle_timeout = settings.OPENAI_IDLE_TIMEOUT
+        idle_limit = settings.OPENAI_IDLE_TIMEOUT
         loop = asyncio.get_running_loop()
         last_write = last_data = last_refresh = time.monotonic()
         while True:
@@ -244,11 +246,11 @@ class ChatStream:
                 await sync_to_async(self._admission.refresh)()
                 last_refresh = now
             if self._account.first_token_at is None:
-                deadline, timeout_error = self._first_token_deadline, FIRST_TOKEN_TIMEOUT
+                deadline, timeout_error = self._first_token_deadline, first_token_timeout
             else:
-                deadline, timeout_error = last_data + idle_timeout, IDLE_TIMEOUT
+                deadline, timeout_error = last_data + idle_limit, idle_timeout
             if now >= deadline:
-                self._failure = timeout_error
+                self._failure = timeout_error()
                 return
             if keepalive and now - last_write >= keepalive:
                 yield self._framing.keepalive

@@ -46,10 +46,6 @@ class SSEDecoder:
                 events.append(event)
         return events
 
-    @property
-    def pending(self) -> bytes:
-        return self._buffer
-
 
 def _parse_block(block: bytes) -> SSEEvent | None:
     if block.startswith(b"data: ") and b"\n" not in block:

@@ -14,7 +14,7 @@ from django.contrib.auth.models import Group
 from django.test import AsyncClient
 from django.utils import timezone
 
-from streaming.limits import limits_for
+from streaming.limits import limits_for, upstream_user_id
 from streaming.models import LimitRefusal, UsageLimit, UsageLog
 from streaming.upstream import get_upstream
 from tests.conftest import LIVE_KEEPALIVE_SECONDS, MODEL
@@ -127,8 +127,6 @@ def test_upstream_sees_a_stable_pseudonym_not_the_user(site_client, fake_upstrea
     assert first == second and first.startswith("user-") and len(first) == 37
     assert user.username not in first and str(user.pk) != first.removeprefix("user-")
     other = django_user_model.objects.create_user("zed", password="pw-zed-123")
-    from streaming.limits import upstream_user_id
-
     assert upstream_user_id(other) != first
 
 
