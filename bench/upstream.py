@@ -31,6 +31,8 @@ from functools import lru_cache
 import orjson
 
 from bench.answers import MODEL, PROMPT_TOKENS, StreamSpec, answer_pieces
+from streaming.openai_shapes import ChunkFactory, error_body
+from streaming.wire import SSE_DONE, sse_event
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -38,29 +40,6 @@ ID_PLACEHOLDER = "\x01ID\x01"
 CREATED = int(time.time())
 # Chunks due within this many seconds are sent with the ones due now (fewer timer wake-ups).
 SEND_AHEAD_SECONDS = 0.0005
-
-
-def _chunk(choices: list[dict], usage: dict | None = None, model: str = MODEL) -> bytes:
-    return orjson.dumps(
-        {
-            "id": ID_PLACEHOLDER,
-            "object": "chat.completion.chunk",
-            "created": CREATED,
-            "model": model,
-            "system_fingerprint": None,
-            "choices": choices,
-            "usage": usage,
-        }
-    )
-
-
-def _choice(delta: dict, finish_reason: str | None = None) -> dict:
-    return {
-        "index": 0,
-        "delta": delta,
-        "logprobs": None,
-        "finish_reason": finish_reason,
-    }
 
 
 @dataclass(frozen=True)
@@ -81,7 +60,7 @@ class FrameTemplate:
 
 def _template(*events: bytes) -> FrameTemplate:
     placeholder = orjson.dumps(ID_PLACEHOLDER)[1:-1]
-    before, after = b"".join(b"data: " + event + b"\n\n" for event in events).split(placeholder, 1)
+    before, after = b"".join(sse_event(event) for event in events).split(placeholder, 1)
     if placeholder in after:  # several events in one frame: the id appears in each
         raise ValueError("one id per template")
     return FrameTemplate(before, after)
@@ -90,18 +69,13 @@ def _template(*events: bytes) -> FrameTemplate:
 @lru_cache(maxsize=32)
 def answer_templates(chunks: int, model: str, include_usage: bool) -> tuple[list[FrameTemplate], bytes]:
     """The frames of an answer with `chunks` content chunks (role first), and its closing bytes."""
-    frames = [_template(_chunk([_choice({"role": "assistant", "content": ""})], model=model))]
-    frames += [_template(_chunk([_choice({"content": piece})], model=model)) for piece in answer_pieces(chunks)]
-    tail_events = [_chunk([_choice({}, "stop")], model=model)]
+    answer = ChunkFactory(model, id=ID_PLACEHOLDER, created=CREATED)
+    frames = [_template(answer.role())]
+    frames += [_template(answer.content(piece)) for piece in answer_pieces(chunks)]
+    tail = sse_event(answer.finish())
     if include_usage:
-        usage = {
-            "prompt_tokens": PROMPT_TOKENS,
-            "completion_tokens": chunks,
-            "total_tokens": PROMPT_TOKENS + chunks,
-        }
-        tail_events.append(_chunk([], usage, model=model))
-    tail = b"".join(b"data: " + event + b"\n\n" for event in tail_events)
-    return frames, tail
+        tail += sse_event(answer.usage(PROMPT_TOKENS, chunks))
+    return frames, tail + SSE_DONE
 
 
 def render_answer(spec: StreamSpec, model: str, include_usage: bool) -> list[bytes]:
@@ -109,7 +83,7 @@ def render_answer(spec: StreamSpec, model: str, include_usage: bool) -> list[byt
     templates, tail = answer_templates(spec.chunks, model, include_usage)
     completion_id = spec.completion_id.encode()
     frames = [template.render(completion_id) for template in templates]
-    tail = tail.replace(orjson.dumps(ID_PLACEHOLDER)[1:-1], completion_id) + b"data: [DONE]\n\n"
+    tail = tail.replace(orjson.dumps(ID_PLACEHOLDER)[1:-1], completion_id)
     frames.append(b"%x\r\n%b\r\n0\r\n\r\n" % (len(tail), tail))
     return frames
 
@@ -346,11 +320,11 @@ class UpstreamConnection(asyncio.Protocol):
             gc.collect()  # between workloads: the collector is off while streams run (see serve)
         elif method == "POST" and path.endswith("/chat/completions"):
             if headers.get("authorization") != f"Bearer {self.state.api_key}":
-                self._json(401, _error("Incorrect API key provided.", "invalid_api_key"))
+                self._json(401, error_body("Incorrect API key provided.", "invalid_api_key"))
             else:
                 self._chat(body)
         else:
-            self._json(404, _error(f"No route {method} {path}.", "not_found"))
+            self._json(404, error_body(f"No route {method} {path}.", "not_found"))
 
     def _chat(self, body: bytes) -> None:
         try:
@@ -358,11 +332,11 @@ class UpstreamConnection(asyncio.Protocol):
             prompt = request["messages"][-1]["content"]
             model = str(request.get("model") or MODEL)
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
-            self._json(400, _error("Expected a JSON body with 'messages'.", "invalid_request"))
+            self._json(400, error_body("Expected a JSON body with 'messages'.", "invalid_request"))
             return
         spec = StreamSpec.from_prompt(prompt) or StreamSpec.new(chunks=20, delay_ms=0)
         if not request.get("stream"):
-            self._json(400, _error("This fake upstream only streams.", "invalid_request"))
+            self._json(400, error_body("This fake upstream only streams.", "invalid_request"))
             return
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
         frames = render_answer(spec, model, include_usage)
@@ -393,17 +367,6 @@ class UpstreamConnection(asyncio.Protocol):
             b"HTTP/1.1 %d %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
             % (status, reason.encode(), len(body), body)
         )
-
-
-def _error(message: str, code: str) -> dict:
-    return {
-        "error": {
-            "message": message,
-            "type": "invalid_request_error",
-            "param": None,
-            "code": code,
-        }
-    }
 
 
 def raise_file_limit() -> None:

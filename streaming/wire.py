@@ -12,6 +12,15 @@ import orjson
 DONE = b"[DONE]"
 
 
+def sse_event(data: bytes, event: str | None = None) -> bytes:
+    """One server-sent event whose data is a single line, named `event` if given."""
+    framed = b"data: " + data + b"\n\n"
+    return b"event: " + event.encode() + b"\n" + framed if event else framed
+
+
+SSE_DONE = sse_event(DONE)
+
+
 @dataclass(frozen=True)
 class SSEEvent:
     data: bytes
@@ -74,7 +83,8 @@ class NDJSONFraming:
     keepalive = b"\n"
 
     @staticmethod
-    def chunk(data: bytes) -> bytes:
+    def chunk(data: bytes, event: str | None = None) -> bytes:
+        """The event's data as one line. NDJSON names no events (Responses events carry theirs as `type`)."""
         return data + b"\n"
 
     @staticmethod
@@ -82,27 +92,27 @@ class NDJSONFraming:
         return orjson.dumps(error) + b"\n"
 
     @staticmethod
-    def end() -> bytes:
+    def end(terminator: bytes) -> bytes:
+        """NDJSON has no end marker: the stream's last line carries the end of the answer."""
         return b""
 
 
 class SSEFraming:
-    """OpenAI's own server-sent events framing, ending with `data: [DONE]`."""
+    """OpenAI's own server-sent events framing."""
 
     content_type = "text/event-stream; charset=utf-8"
     keepalive = b": ping\n\n"
 
-    @staticmethod
-    def chunk(data: bytes) -> bytes:
-        return b"data: " + data + b"\n\n"
+    chunk = staticmethod(sse_event)
 
     @staticmethod
     def error(error: dict) -> bytes:
-        return b"event: error\ndata: " + orjson.dumps(error) + b"\n\n"
+        return sse_event(orjson.dumps(error), "error")
 
     @staticmethod
-    def end() -> bytes:
-        return b"data: " + DONE + b"\n\n"
+    def end(terminator: bytes) -> bytes:
+        """The upstream API's own SSE end marker (chat completions: `data: [DONE]`)."""
+        return terminator
 
 
 Framing = type[NDJSONFraming] | type[SSEFraming]

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from streaming.demo_model import (
-    SSE_DONE,
-    ChunkFactory,
-    LoopbackHTTPServer,
-    ResponseWriter,
-    UpstreamRequest,
-    sse,
-)
+from streaming.loopback_server import LoopbackHTTPServer, ResponseWriter, UpstreamRequest
+from streaming.openai_shapes import ChunkFactory, error_body
+from streaming.wire import SSE_DONE, sse_event
 
-MID_STREAM_ERROR = b'data: {"error": {"message": "The model crashed mid-answer.", "type": "server_error"}}\n\n'
+MID_STREAM_ERROR = sse_event(b'{"error": {"message": "The model crashed mid-answer.", "type": "server_error"}}')
 
 
 @dataclass
@@ -93,12 +89,13 @@ class FakeUpstream(LoopbackHTTPServer):
         with self._lock:
             self.requests.append(request)
         if request.headers.get("authorization") != f"Bearer {self.api_key}":
-            await response.json(401, _error(f"Incorrect API key provided: {_masked(request)}.", "invalid_api_key"))
+            await response.json(401, error_body(f"Incorrect API key provided: {_masked(request)}.", "invalid_api_key"))
             return
         reply = self._next_reply()
         await asyncio.sleep(reply.first_delay)
         if reply.status != 200:
-            await response.json(reply.status, _error(reply.error_message, f"status_{reply.status}"), reply.error_headers)
+            refusal = error_body(reply.error_message, f"status_{reply.status}")
+            await response.json(reply.status, refusal, reply.error_headers)
             return
         await self._stream(request, response, reply)
 
@@ -116,10 +113,8 @@ class FakeUpstream(LoopbackHTTPServer):
         for index, event in enumerate(_events(reply, chunks, body)):
             silence = (reply.delay if index else 0.0) + reply.pause_before.get(index, 0.0)
             if silence:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(response.client_closed.wait(), silence)
-                except TimeoutError:
-                    pass
             if event is None:
                 response.abort()
                 break
@@ -136,18 +131,18 @@ class FakeUpstream(LoopbackHTTPServer):
 
 def _events(reply: Reply, chunks: ChunkFactory, body: dict) -> list[bytes | None]:
     """The SSE events of one reply; None stands for dropping the connection."""
-    events: list[bytes | None] = [sse(chunks.role())]
+    events: list[bytes | None] = [sse_event(chunks.role())]
     for index, piece in enumerate(reply.pieces):
         if index == reply.error_after:
             return [*events, MID_STREAM_ERROR]
         if index == reply.drop_after:
             return [*events, None]
         if index == reply.malformed_after:
-            return [*events, b"data: this is not json\n\n"]
-        events.append(sse(chunks.content(piece)))
-    events.append(sse(chunks.finish()))
+            return [*events, sse_event(b"this is not json")]
+        events.append(sse_event(chunks.content(piece)))
+    events.append(sse_event(chunks.finish()))
     if reply.include_usage and (body.get("stream_options") or {}).get("include_usage"):
-        events.append(sse(chunks.usage(*reply.usage)))
+        events.append(sse_event(chunks.usage(*reply.usage)))
     if reply.send_done:
         events.append(SSE_DONE)
     return events
@@ -156,7 +151,3 @@ def _events(reply: Reply, chunks: ChunkFactory, body: dict) -> list[bytes | None
 def _masked(request: UpstreamRequest) -> str:
     key = request.headers.get("authorization", "").removeprefix("Bearer ")
     return f"{key[:7]}****{key[-4:]}"
-
-
-def _error(message: str, code: str) -> dict:
-    return {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}

@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from streaming.wire import NDJSONFraming, SSEDecoder, SSEEvent, SSEFraming, framing_for
+from streaming.wire import SSE_DONE, NDJSONFraming, SSEDecoder, SSEEvent, SSEFraming, framing_for
 
 CHUNK = b'{"id":"c1","choices":[{"index":0,"delta":{"content":"hi"}}]}'
 
@@ -26,7 +26,7 @@ def test_every_line_ending_is_understood(newline):
 
 
 def test_comments_event_names_and_multiline_data():
-    stream = b": keepalive\n\nevent: error\ndata: {\"a\":\ndata: 1}\n\ndata:{}\n\n"
+    stream = b': keepalive\n\nevent: error\ndata: {"a":\ndata: 1}\n\ndata:{}\n\n'
     assert feed_all(SSEDecoder(), [stream]) == [SSEEvent(b'{"a":\n1}', "error"), SSEEvent(b"{}")]
 
 
@@ -38,15 +38,17 @@ def test_an_unfinished_event_waits_for_its_end():
 
 def test_ndjson_relays_the_chunk_bytes_as_one_line():
     assert NDJSONFraming.chunk(CHUNK) == CHUNK + b"\n"
+    assert NDJSONFraming.chunk(CHUNK, "response.created") == CHUNK + b"\n"
     line = NDJSONFraming.error({"error": {"message": "boom", "type": "upstream_error", "code": None}})
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert orjson.loads(line) == {"error": {"message": "boom", "type": "upstream_error", "code": None}}
-    assert NDJSONFraming.end() == b""
+    assert NDJSONFraming.end(SSE_DONE) == b""
 
 
 def test_sse_uses_openai_framing_and_an_error_event():
     assert SSEFraming.chunk(CHUNK) == b"data: " + CHUNK + b"\n\n"
-    assert SSEFraming.end() == b"data: [DONE]\n\n"
+    assert SSEFraming.chunk(CHUNK, "response.created") == b"event: response.created\ndata: " + CHUNK + b"\n\n"
+    assert SSEFraming.end(SSE_DONE) == b"data: [DONE]\n\n"
     error = SSEFraming.error({"error": {"message": "boom"}})
     assert feed_all(SSEDecoder(), [error]) == [SSEEvent(b'{"error":{"message":"boom"}}', "error")]
 
