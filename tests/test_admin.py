@@ -1,14 +1,17 @@
 """The usage log in the Django admin: browsable, filterable, read-only, with per-user totals."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.contrib.auth.models import Group
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from streaming.limits import record_refusal
+from streaming.limits import EffectiveLimits, record_refusal
 from streaming.models import LimitRefusal, UsageLimit, UsageLog
+from streaming.reports import UserTotals, per_user_totals
 
 
 @pytest.fixture
@@ -19,8 +22,14 @@ def rows(db, django_user_model):
 
     def log(user, status, total, model="gpt-test", days_ago=0):
         return UsageLog.objects.create(
-            user=user, created_at=now - timedelta(days=days_ago), model=model, status=status,
-            prompt_tokens=total // 2, completion_tokens=total - total // 2, total_tokens=total, duration_ms=100,
+            user=user,
+            created_at=now - timedelta(days=days_ago),
+            model=model,
+            status=status,
+            prompt_tokens=total // 2,
+            completion_tokens=total - total // 2,
+            total_tokens=total,
+            duration_ms=100,
         )
 
     return [
@@ -74,7 +83,7 @@ def test_per_user_totals_show_usage_against_limits(staff, rows, settings):
     page = staff.get("/admin/streaming/usagelog/per-user-totals/").content.decode()
 
     def cells(username):
-        row = page[page.index(f">{username}<"):].split("</tr>")[0]
+        row = page[page.index(f">{username}<") :].split("</tr>")[0]
         return [cell.split("</td>")[0] for cell in row.split("<td>")[1:]]
 
     # requests, completed, errors, cancelled, prompt, completion, total, today, this month,
@@ -88,3 +97,78 @@ def test_non_staff_cannot_see_the_usage_log(client, db, django_user_model, rows)
     client.force_login(user)
     assert client.get("/admin/streaming/usagelog/").status_code == 302
     assert client.get("/admin/streaming/usagelog/per-user-totals/").status_code == 302
+
+
+def test_heaviest_users_come_first_and_refused_only_users_are_listed_with_no_usage(rows, django_user_model):
+    for name in ("dave", "carol"):
+        record_refusal(django_user_model.objects.create_user(name), LimitRefusal.Limit.REQUESTS_PER_MINUTE)
+    zoe = django_user_model.objects.create_user("zoe")
+    UsageLog.objects.create(
+        user=zoe, created_at=timezone.now(), model="gpt-test", status="completed", total_tokens=500, duration_ms=1
+    )
+    django_user_model.objects.create_user("idle")
+    totals = per_user_totals()
+    assert [row.username for row in totals] == ["zoe", "alice", "bob", "carol", "dave"]
+    carol = totals[3]
+    assert (carol.requests, carol.total_tokens, carol.tokens_today, carol.refusals_today) == (0, 0, 0, 1)
+
+
+def test_totals_count_today_and_this_month_from_midnight_and_the_first(db, django_user_model, settings):
+    settings.CHAT_DAILY_TOKEN_BUDGET = 0
+    alice = django_user_model.objects.create_user("alice")
+
+    def log(when, total):
+        UsageLog.objects.create(
+            user=alice,
+            created_at=when,
+            model="gpt-test",
+            status="completed",
+            prompt_tokens=1,
+            completion_tokens=total - 1,
+            total_tokens=total,
+            duration_ms=1,
+        )
+
+    log(datetime(2024, 3, 31, 23, 59, tzinfo=UTC), 1000)
+    log(datetime(2024, 4, 1, 0, 0, tzinfo=UTC), 200)
+    log(datetime(2024, 4, 14, 23, 59, tzinfo=UTC), 30)
+    log(datetime(2024, 4, 15, 0, 0, tzinfo=UTC), 4)
+    [row] = per_user_totals(now=datetime(2024, 4, 15, 12, 0, tzinfo=UTC))
+    assert row == UserTotals(
+        user_id=alice.pk,
+        username="alice",
+        requests=4,
+        completed=4,
+        errors=0,
+        cancelled=0,
+        prompt_tokens=4,
+        completion_tokens=1230,
+        total_tokens=1234,
+        tokens_today=4,
+        tokens_this_month=234,
+        refusals_today=0,
+        limits=EffectiveLimits(
+            requests_per_minute=settings.CHAT_REQUESTS_PER_MINUTE,
+            concurrent_streams=settings.CHAT_CONCURRENT_STREAMS,
+            daily_token_budget=0,
+            monthly_token_budget=settings.CHAT_MONTHLY_TOKEN_BUDGET,
+        ),
+    )
+
+
+def test_the_totals_take_as_many_queries_for_many_users_as_for_two(rows, django_user_model):
+    group = Group.objects.create(name="many")
+    UsageLimit.objects.create(group=group, daily_token_budget=10)
+    with CaptureQueriesContext(connection) as few:
+        per_user_totals()
+    for n in range(10):
+        user = django_user_model.objects.create_user(f"user{n}")
+        group.user_set.add(user)
+        UsageLimit.objects.create(user=user, concurrent_streams=n + 1)
+        UsageLog.objects.create(user=user, created_at=timezone.now(), model="gpt-test", status="error", duration_ms=1)
+        record_refusal(user, LimitRefusal.Limit.CONCURRENT_STREAMS)
+    with CaptureQueriesContext(connection) as many:
+        totals = per_user_totals()
+    assert len(totals) == 12
+    assert {row.limits.daily_token_budget for row in totals if row.username.startswith("user")} == {10}
+    assert len(many.captured_queries) == len(few.captured_queries)

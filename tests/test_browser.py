@@ -16,8 +16,8 @@ import pytest
 from django.db import connections
 
 from streaming.models import UsageLog
-from tests.conftest import BASE_DIR, PASSWORD
 from tests.fake_upstream import FakeUpstream, Reply
+from tests.live_site import BASE_DIR, PASSWORD
 
 try:
     from playwright.sync_api import Page, expect

@@ -8,9 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streaming.models import UsageLimit
-from tests.conftest import MODEL
-
-STREAM_URL = "/api/chat/stream"
+from tests.live_site import MODEL, STREAM_URL
 
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30)
 json_values = st.recursive(
@@ -18,13 +16,15 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=12,
 )
-tricky_text = st.text(
-    alphabet=st.characters(codec="utf-16", categories=None), max_size=60
-) | st.sampled_from(["", "\x00", "\u202e", "\ufeff", "\ud800", "🧪" * 50, "<script>alert(1)</script>"])
+tricky_text = st.text(alphabet=st.characters(codec="utf-16", categories=None), max_size=60) | st.sampled_from(
+    ["", "\x00", "\u202e", "\ufeff", "\ud800", "🧪" * 50, "<script>alert(1)</script>"]
+)
 messages = st.lists(
     st.fixed_dictionaries(
-        {"role": st.sampled_from(["user", "system", "assistant", "tool", "USER", ""]) | json_values,
-         "content": tricky_text | json_values},
+        {
+            "role": st.sampled_from(["user", "system", "assistant", "tool", "USER", ""]) | json_values,
+            "content": tricky_text | json_values,
+        },
         optional={"name": st.text(max_size=5)},
     ),
     max_size=4,
@@ -51,8 +51,11 @@ bodies = st.one_of(
     st.binary(max_size=300),
     tricky_text.map(lambda text: text.encode("utf-8", "surrogatepass")),
     st.integers(50_000, 400_000).map(lambda n: encode({"messages": [{"role": "user", "content": "x" * n}]})),
-    st.builds(lambda a, b: f'{{"messages": {a}, "messages": {b}}}'.encode(), st.just("[]"),
-              st.just('[{"role": "user", "content": "dup"}]')),
+    st.builds(
+        lambda a, b: f'{{"messages": {a}, "messages": {b}}}'.encode(),
+        st.just("[]"),
+        st.just('[{"role": "user", "content": "dup"}]'),
+    ),
     st.integers(1, 600).map(lambda depth: b'{"messages": ' + b"[" * depth + b"]" * depth + b"}"),
 )
 
@@ -70,12 +73,18 @@ def assert_valid_answer(response) -> None:
 
 
 def test_generated_bodies_never_break_the_api(site_client, live_site, fake_upstream, user):
-    UsageLimit.objects.create(user=user, requests_per_minute=0, concurrent_streams=0, daily_token_budget=0,
-                              monthly_token_budget=0)
+    UsageLimit.objects.create(
+        user=user, requests_per_minute=0, concurrent_streams=0, daily_token_budget=0, monthly_token_budget=0
+    )
     statuses: set[int] = set()
 
-    @settings(max_examples=1500, derandomize=True, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=1500,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(body=bodies)
     def post(body: bytes) -> None:
         response = site_client.post(STREAM_URL, content=body, headers={"Content-Type": "application/json"})
@@ -85,4 +94,7 @@ def test_generated_bodies_never_break_the_api(site_client, live_site, fake_upstr
     post()
     assert {200, 400, 413} <= statuses
     assert live_site.process.poll() is None
-    assert site_client.post(STREAM_URL, json={"messages": [{"role": "user", "content": "still there?"}]}).status_code == 200
+    assert (
+        site_client.post(STREAM_URL, json={"messages": [{"role": "user", "content": "still there?"}]}).status_code
+        == 200
+    )

@@ -17,8 +17,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import BASE_DIR, PASSWORD, skip_or_fail
 from tests.fake_upstream import Reply
+from tests.live_site import BASE_DIR, PASSWORD, skip_or_fail
 
 NODE_DIR = BASE_DIR / "tests" / "node_interop"
 PIECES = ["Hel", "lo", " there", " — ünïcode ✓", "!"]

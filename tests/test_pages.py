@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 from django.test import Client
 
-from tests.conftest import PASSWORD, TEST_API_KEY
+from tests.live_site import BASE_DIR, PASSWORD, TEST_API_KEY
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_chat_page_never_contains_the_api_key(client_of):
 
 
 def test_chat_page_inserts_model_text_only_as_text():
-    script = open("templates/streaming/chat.html").read()
+    script = (BASE_DIR / "streaming/templates/streaming/chat.html").read_text()
     assert "innerHTML" not in script and "insertAdjacentHTML" not in script
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.test import AsyncClient
 
-from tests.conftest import BASE_DIR, TEST_API_KEY
+from tests.live_site import BASE_DIR, TEST_API_KEY
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -25,7 +25,11 @@ def test_deploy_checks_pass_with_the_production_example():
     env["DATABASE_URL"] = "sqlite:///unused.sqlite3"  # the checks do not connect
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60,
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout
@@ -35,7 +39,11 @@ def test_deploy_checks_fail_with_the_development_defaults():
     env = {**os.environ, "DEBUG": "true", "SECRET_KEY": "", "SECURE_HSTS_SECONDS": "0"}
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=BASE_DIR, env=env, capture_output=True, text=True, timeout=60,
+        cwd=BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0 and "SECURE_HSTS_SECONDS" in result.stderr + result.stdout
 
@@ -59,7 +67,9 @@ async def test_healthz_is_503_when_the_cache_is_down(settings):
 
 def test_each_request_logs_one_json_line_without_prompt_or_key(live_site, site_client, fake_upstream, user):
     secret_prompt = "my bank PIN is 8841"
-    with site_client.stream("POST", "/api/chat/stream", json={"messages": [{"role": "user", "content": secret_prompt}]}) as r:
+    with site_client.stream(
+        "POST", "/api/chat/stream", json={"messages": [{"role": "user", "content": secret_prompt}]}
+    ) as r:
         r.read()
     site_client.post("/api/chat/stream", json={"messages": []})
     log = live_site.log()

@@ -21,28 +21,22 @@ from django.conf import settings
 from django.db import connection
 
 from streaming.models import UsageLimit, UsageLog
-from tests.conftest import (
+from tests.fake_upstream import Reply
+from tests.live_site import (
     LIVE_DATABASE_POOL_MAX_SIZE,
     LIVE_SITE_DB_APPLICATION,
     MODEL,
     OTHER_MODEL,
+    STREAM_URL,
     TEST_API_KEY,
     LiveSite,
-    _live_site_environment,
+    live_site_environment,
     logged_in_client,
+    skip_or_fail,
 )
-from tests.fake_upstream import Reply
 
-STREAM_URL = "/api/chat/stream"
+REQUIRED_BY = "CHATPROXY_REQUIRE_SERVICES"
 BODY = {"messages": [{"role": "user", "content": "Hi"}]}
-
-
-def require(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    if os.environ.get("CHATPROXY_REQUIRE_SERVICES"):
-        pytest.fail(f"{reason}, but CHATPROXY_REQUIRE_SERVICES is set", pytrace=False)
-    pytest.skip(reason)
 
 
 def uses_shared_cache() -> bool:
@@ -55,9 +49,11 @@ def uses_postgresql() -> bool:
 
 @pytest.fixture(scope="module")
 def two_sites(django_db_setup, fake_upstream_server, tmp_path_factory) -> Iterator[list[LiveSite]]:
-    require(uses_shared_cache(), "several server processes need a shared cache (CACHE_URL=redis://...)")
-    require(uses_postgresql(), "several server processes need PostgreSQL (DATABASE_URL=postgres://...)")
-    environment = _live_site_environment(
+    if not uses_shared_cache():
+        skip_or_fail("several server processes need a shared cache (CACHE_URL=redis://...)", required_by=REQUIRED_BY)
+    if not uses_postgresql():
+        skip_or_fail("several server processes need PostgreSQL (DATABASE_URL=postgres://...)", required_by=REQUIRED_BY)
+    environment = live_site_environment(
         "chatproxy-two-sites",
         OPENAI_API_KEY=TEST_API_KEY,
         OPENAI_BASE_URL=fake_upstream_server.base_url,
@@ -149,7 +145,10 @@ def _read_until_cut(client: httpx.Client) -> bool:
 
 
 def test_open_streams_do_not_hold_database_connections(live_site, site_client, fake_upstream, user):
-    require(uses_postgresql(), "counting server connections needs PostgreSQL (DATABASE_URL=postgres://...)")
+    if not uses_postgresql():
+        skip_or_fail(
+            "counting server connections needs PostgreSQL (DATABASE_URL=postgres://...)", required_by=REQUIRED_BY
+        )
     UsageLimit.objects.create(user=user, requests_per_minute=0, concurrent_streams=0)
     fake_upstream.default_reply = Reply(pieces=["slow "] * 10, delay=0.2)
     streams = 30

@@ -8,11 +8,10 @@ import time
 import pytest
 
 from streaming.models import UsageLog
-from tests.conftest import MODEL, OTHER_MODEL, TEST_API_KEY
 from tests.fake_upstream import Reply
+from tests.live_site import MODEL, OTHER_MODEL, STREAM_URL, TEST_API_KEY
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
-STREAM_URL = "/api/chat/stream"
 
 
 def ndjson_lines(response) -> list[dict]:
@@ -69,7 +68,9 @@ def test_ndjson_stream_relays_every_chunk_unchanged(site_client, fake_upstream, 
 def test_sse_variant_uses_openai_framing_and_ends_with_done(site_client, fake_upstream, user):
     fake_upstream.will_reply(Reply(pieces=["a", "b", "c"]))
 
-    with site_client.stream("POST", STREAM_URL, json={"messages": MESSAGES}, headers={"Accept": "text/event-stream"}) as response:
+    with site_client.stream(
+        "POST", STREAM_URL, json={"messages": MESSAGES}, headers={"Accept": "text/event-stream"}
+    ) as response:
         assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
         body = response.read().decode()
 
@@ -104,7 +105,7 @@ def test_first_chunk_reaches_the_client_while_the_upstream_is_still_sending(site
     assert len(arrivals) == 6
     assert arrivals[0] < record.content_sent_at[-1] - 0.5, "the first token waited for the rest of the answer"
     # Each token is passed on as it comes, not gathered: it reaches the client before the next is sent.
-    for received, next_sent in zip(arrivals, record.content_sent_at[1:]):
+    for received, next_sent in zip(arrivals, record.content_sent_at[1:], strict=False):
         assert received < next_sent
 
 
@@ -136,7 +137,9 @@ def test_mid_stream_upstream_error_ends_with_an_error_line(site_client, fake_ups
 
 def test_mid_stream_error_in_sse_is_an_error_event_without_done(site_client, fake_upstream):
     fake_upstream.will_reply(Reply(pieces=["one", " two"], error_after=1))
-    with site_client.stream("POST", STREAM_URL, json={"messages": MESSAGES}, headers={"Accept": "text/event-stream"}) as response:
+    with site_client.stream(
+        "POST", STREAM_URL, json={"messages": MESSAGES}, headers={"Accept": "text/event-stream"}
+    ) as response:
         body = response.read().decode()
     events = [event for event in body.split("\n\n") if event]
     assert events[-1].startswith("event: error\ndata: ")
