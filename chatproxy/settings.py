@@ -120,10 +120,8 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LOGIN_URL = "login"
-LOGIN_REDIRECT_URL = "chat"
+LOGIN_REDIRECT_URL = "streaming:chat"
 LOGOUT_REDIRECT_URL = "login"
-
-CSRF_FAILURE_VIEW = "streaming.views.csrf_failure"
 
 # HTTPS in production (see deploy/production.env.example): behind a TLS-terminating proxy that sets
 # X-Forwarded-Proto, with secure cookies and HSTS.
@@ -145,8 +143,9 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Request bodies larger than this are refused with 413 before they are parsed.
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("CHAT_MAX_REQUEST_BYTES", default=256 * 1024)
+# Chat API bodies larger than this are refused with 413 before they are parsed; other forms of the
+# site get the same cap.
+CHAT_MAX_REQUEST_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("CHAT_MAX_REQUEST_BYTES", default=256 * 1024)
 
 LOGGING = {
     "version": 1,

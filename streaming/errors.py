@@ -1,4 +1,8 @@
-"""Every error the API answers with, and the one place that turns them into responses."""
+"""Every error the API answers with, built by the named constructors here, and their responses.
+
+The body is OpenAI's error shape, `{"error": {"message", "type", "code"}}`, so the official SDKs
+raise their usual exception classes for it.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,19 @@ from dataclasses import dataclass
 import aiohttp
 import httpx2
 import openai
-from django.conf import settings
 from django.http import JsonResponse
+
+from .conf import app_settings
 
 # OpenAI echoes a masked key in its 401 message ("Incorrect API key provided: sk-abc***xyz");
 # even a fragment of the key stays on the server.
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]+")
 
+INVALID_REQUEST = "invalid_request_error"
+UPSTREAM = "upstream_error"
 
-@dataclass
+
+@dataclass(kw_only=True)
 class ApiError(Exception):
     status: int
     message: str
@@ -31,27 +39,93 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "code": self.code}}
 
 
-def invalid_request(message: str, code: str = "invalid_request", status: int = 400) -> ApiError:
-    return ApiError(status=status, message=message, type="invalid_request_error", code=code)
+def error_response(error: ApiError) -> JsonResponse:
+    response = JsonResponse(error.as_dict(), status=error.status)
+    if error.retry_after is not None:
+        response["Retry-After"] = str(error.retry_after)
+    return response
+
+
+# --- The client's request --------------------------------------------------------------------
+
+
+def invalid_request(message: str, *, code: str, status: int = 400) -> ApiError:
+    """A request the client must change: the message names the offending field."""
+    return ApiError(status=status, message=message, type=INVALID_REQUEST, code=code)
+
+
+def method_not_allowed(*, allowed: str) -> ApiError:
+    return invalid_request(f"Use {allowed}.", code="method_not_allowed", status=405)
+
+
+def body_too_large(*, limit: int) -> ApiError:
+    return invalid_request(f"The request body is over {limit} bytes.", code="body_too_large", status=413)
+
+
+def input_too_long(*, field: str, size: int, limit: int) -> ApiError:
+    return invalid_request(
+        f"'{field}' hold {size} characters; at most {limit} are allowed.", code="input_too_long", status=413
+    )
+
+
+def not_found(*, path: str) -> ApiError:
+    return invalid_request(f"No API endpoint at {path}.", code="not_found", status=404)
+
+
+def internal_error() -> ApiError:
+    return ApiError(status=500, message="Internal server error.", type="server_error", code="internal_error")
+
+
+# --- Who is asking -----------------------------------------------------------------------------
+
+
+def not_authenticated() -> ApiError:
+    return ApiError(
+        status=401, message="Log in to use the chat API.", type="authentication_error", code="not_authenticated"
+    )
+
+
+def csrf_failed(*, reason: str) -> ApiError:
+    message = f"CSRF verification failed: {reason} Send the csrftoken cookie's value in the X-CSRFToken header."
+    return ApiError(status=403, message=message, type="permission_error", code="csrf_failed")
+
+
+def limit_exceeded(*, limit: str, message: str, retry_after: int) -> ApiError:
+    """A per-user limit refused the request: the code names the limit."""
+    return ApiError(status=429, message=message, type="rate_limit_error", code=limit, retry_after=max(1, retry_after))
+
+
+# --- The upstream ------------------------------------------------------------------------------
+
+
+def _upstream_failure(status: int, message: str, code: str, *, retry_after: int | None = None) -> ApiError:
+    return ApiError(status=status, message=message, type=UPSTREAM, code=code, retry_after=retry_after)
 
 
 def upstream_busy() -> ApiError:
-    return ApiError(
-        503, "All connections to the upstream are busy; try again shortly.", "upstream_error", "upstream_busy",
-        retry_after=1,
+    return _upstream_failure(
+        503, "All connections to the upstream are busy; try again shortly.", "upstream_busy", retry_after=1
     )
 
 
 def first_token_timeout() -> ApiError:
-    return ApiError(504, "The upstream model did not start answering in time.", "upstream_error", "upstream_timeout")
+    return _upstream_failure(504, "The upstream model did not start answering in time.", "upstream_timeout")
 
 
 def idle_timeout() -> ApiError:
-    return ApiError(504, "The upstream model stopped sending mid-answer.", "upstream_error", "upstream_timeout")
+    return _upstream_failure(504, "The upstream model stopped sending mid-answer.", "upstream_timeout")
+
+
+def upstream_incomplete() -> ApiError:
+    return _upstream_failure(502, "The upstream ended the stream before it was complete.", "upstream_incomplete")
+
+
+def upstream_malformed() -> ApiError:
+    return _upstream_failure(502, "The upstream sent an event that is not a JSON object.", "upstream_malformed")
 
 
 def redact_secrets(text: str) -> str:
-    key = settings.OPENAI_API_KEY
+    key = app_settings.OPENAI_API_KEY
     if key:
         text = text.replace(key, "[redacted]")
     return _KEY_LIKE.sub("sk-[redacted]", text)
@@ -69,24 +143,24 @@ def _upstream_message(exc: openai.APIError) -> str:
 def upstream_error(exc: BaseException) -> ApiError:
     """Map a failure of the upstream call (before or during the stream) to the API's error."""
     if isinstance(exc, (openai.APITimeoutError, httpx2.TimeoutException)) and not _refused(exc):
-        return ApiError(504, "The upstream model server did not answer in time.", "upstream_error", "upstream_timeout")
+        return _upstream_failure(504, "The upstream model server did not answer in time.", "upstream_timeout")
     if isinstance(exc, (openai.APIConnectionError, httpx2.TransportError)):
-        return ApiError(502, "The upstream model server could not be reached.", "upstream_error", "upstream_unreachable")
+        return _upstream_failure(502, "The upstream model server could not be reached.", "upstream_unreachable")
     if isinstance(exc, openai.APIStatusError):
         message = _upstream_message(exc)
         status = exc.status_code
         if status == 429:
-            return ApiError(503, message, "upstream_error", "upstream_rate_limited", retry_after=_retry_after(exc))
+            return _upstream_failure(503, message, "upstream_rate_limited", retry_after=_retry_after(exc))
         if status in (503, 529):
-            return ApiError(503, message, "upstream_error", "upstream_overloaded", retry_after=_retry_after(exc))
+            return _upstream_failure(503, message, "upstream_overloaded", retry_after=_retry_after(exc))
         if status in (400, 413, 422):
-            return ApiError(400, message, "invalid_request_error", "upstream_rejected_request")
+            return invalid_request(message, code="upstream_rejected_request")
         if status in (401, 403):
-            return ApiError(502, message, "upstream_error", "upstream_authentication_failed")
-        return ApiError(502, message, "upstream_error", f"upstream_status_{status}")
+            return _upstream_failure(502, message, "upstream_authentication_failed")
+        return _upstream_failure(502, message, f"upstream_status_{status}")
     if isinstance(exc, openai.APIError):
-        return ApiError(502, _upstream_message(exc), "upstream_error", "upstream_stream_error")
-    return ApiError(502, "The upstream model server failed.", "upstream_error", "upstream_error")
+        return _upstream_failure(502, _upstream_message(exc), "upstream_stream_error")
+    return _upstream_failure(502, "The upstream model server failed.", "upstream_error")
 
 
 def _refused(exc: BaseException) -> bool:
@@ -109,10 +183,3 @@ def _retry_after(exc: openai.APIStatusError) -> int | None:
         return max(1, int(float(value))) if value else None
     except ValueError:
         return None
-
-
-def error_response(error: ApiError) -> JsonResponse:
-    response = JsonResponse(error.as_dict(), status=error.status)
-    if error.retry_after is not None:
-        response["Retry-After"] = str(error.retry_after)
-    return response

@@ -8,22 +8,21 @@ and cache work in one synchronous call, so a request pays one thread hop for it.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import contextlib
 import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import astuple, dataclass
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
-from .errors import ApiError
+from .conf import app_settings
+from .errors import limit_exceeded
 from .models import LimitRefusal, UsageLimit, UsageLog
 
 Limit = LimitRefusal.Limit
@@ -65,10 +64,10 @@ class Admission:
 
 def default_limits() -> EffectiveLimits:
     return EffectiveLimits(
-        requests_per_minute=settings.CHAT_REQUESTS_PER_MINUTE,
-        concurrent_streams=settings.CHAT_CONCURRENT_STREAMS,
-        daily_token_budget=settings.CHAT_DAILY_TOKEN_BUDGET,
-        monthly_token_budget=settings.CHAT_MONTHLY_TOKEN_BUDGET,
+        requests_per_minute=app_settings.CHAT_REQUESTS_PER_MINUTE,
+        concurrent_streams=app_settings.CHAT_CONCURRENT_STREAMS,
+        daily_token_budget=app_settings.CHAT_DAILY_TOKEN_BUDGET,
+        monthly_token_budget=app_settings.CHAT_MONTHLY_TOKEN_BUDGET,
     )
 
 
@@ -94,7 +93,8 @@ def forget_limits(user_ids: Iterable[int]) -> None:
 
 
 def resolve_limits(own: dict | None, groups: list[dict]) -> EffectiveLimits:
-    """The user's own override, else the most generous of their groups' (0, no limit, is the most), else the defaults."""
+    """The user's own override, else the most generous of their groups' (0, no limit, is the most),
+    else the defaults."""
     defaults = default_limits()
     values = {}
     for name in LIMIT_FIELDS:
@@ -124,7 +124,7 @@ def tokens_used(user: AbstractBaseUser, now: datetime | None = None) -> tuple[in
     if len(counted) == 2:
         return counted[day_key], counted[month_key]
     today, month = period_starts(now)
-    totals = UsageLog.objects.filter(user=user, created_at__gte=month).aggregate(
+    totals = UsageLog.objects.filter(user_id=user.pk, created_at__gte=month).aggregate(
         today=Sum("total_tokens", filter=Q(created_at__gte=today), default=0),
         month=Sum("total_tokens", default=0),
     )
@@ -138,10 +138,9 @@ def count_tokens(user_id: int, tokens: int, now: datetime | None = None) -> None
     if not tokens:
         return
     for key in _token_keys(user_id, now):
-        try:
+        # A counter not seeded yet is left alone: the next admission reads the usage log, this row included.
+        with contextlib.suppress(ValueError):
             cache.incr(key, tokens)
-        except ValueError:  # not seeded: the next admission reads the usage log, this row included
-            pass
 
 
 def _token_keys(user_id: int, now: datetime | None) -> tuple[str, str]:
@@ -165,7 +164,7 @@ class LimitExceeded(Exception):
     def __init__(self, limit: str, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.limit = limit
-        self.error = ApiError(429, message, "rate_limit_error", limit, retry_after=max(1, retry_after))
+        self.error = limit_exceeded(limit=limit, message=message, retry_after=retry_after)
 
 
 def _check_budgets(user: AbstractBaseUser, limits: EffectiveLimits) -> None:
@@ -178,7 +177,8 @@ def _check_budgets(user: AbstractBaseUser, limits: EffectiveLimits) -> None:
         tomorrow = today + timedelta(days=1)
         raise LimitExceeded(
             Limit.DAILY_TOKEN_BUDGET,
-            f"Daily token budget used up ({used_today} of {limits.daily_token_budget} tokens); it resets at midnight UTC.",
+            f"Daily token budget used up ({used_today} of {limits.daily_token_budget} tokens); "
+            "it resets at midnight UTC.",
             int((tomorrow - now).total_seconds()),
         )
     if limits.monthly_token_budget and used_month >= limits.monthly_token_budget:
@@ -232,17 +232,11 @@ def _take_slot(user: AbstractBaseUser, limits: EffectiveLimits) -> Admission:
 
 def record_refusal(user: AbstractBaseUser, limit: str) -> None:
     day = timezone.localdate()
-    counts = LimitRefusal.objects.filter(user=user, day=day, limit=limit)
+    counts = LimitRefusal.objects.filter(user_id=user.pk, day=day, limit=limit)
     if counts.update(count=F("count") + 1):
         return
     try:
         with transaction.atomic():
-            LimitRefusal.objects.create(user=user, day=day, limit=limit, count=1)
+            LimitRefusal.objects.create(user_id=user.pk, day=day, limit=limit, count=1)
     except IntegrityError:
         counts.update(count=F("count") + 1)
-
-
-def upstream_user_id(user: AbstractBaseUser) -> str:
-    """A stable identifier for the upstream's abuse monitoring that does not reveal who the user is."""
-    digest = hmac.new(settings.SECRET_KEY.encode(), f"chatproxy-user:{user.pk}".encode(), hashlib.sha256)
-    return f"user-{digest.hexdigest()[:32]}"

@@ -47,7 +47,9 @@ class UsageLimit(models.Model):
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="usage_limit"
     )
-    group = models.OneToOneField("auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="usage_limit")
+    group = models.OneToOneField(
+        "auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="usage_limit"
+    )
     requests_per_minute = models.PositiveIntegerField(null=True, blank=True)
     concurrent_streams = models.PositiveIntegerField(null=True, blank=True)
     daily_token_budget = models.PositiveBigIntegerField(null=True, blank=True)
@@ -56,7 +58,8 @@ class UsageLimit(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(
-                condition=models.Q(user__isnull=False, group__isnull=True) | models.Q(user__isnull=True, group__isnull=False),
+                condition=models.Q(user__isnull=False, group__isnull=True)
+                | models.Q(user__isnull=True, group__isnull=False),
                 name="usage_limit_for_one_user_or_one_group",
                 violation_error_message="Choose either a user or a group.",
             )
@@ -81,7 +84,9 @@ class LimitRefusal(models.Model):
     count = models.PositiveIntegerField(default=0)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["user", "day", "limit"], name="one_refusal_count_per_user_day_limit")]
+        constraints = [
+            models.UniqueConstraint(fields=["user", "day", "limit"], name="one_refusal_count_per_user_day_limit")
+        ]
         ordering = ["-day", "user"]
 
     def __str__(self) -> str:

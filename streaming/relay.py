@@ -1,8 +1,12 @@
-"""The relay: open a streaming chat completion upstream and pass its chunks on to the client.
+"""The relay core: one upstream stream, relayed to one client, accounted for once.
 
-The upstream's SSE events are relayed as their own bytes, reframed (NDJSON or SSE) but never
-re-serialized; each event is parsed once, only to account for usage and to spot errors.
-Whatever happens, the request ends with exactly one usage row and its concurrency slot released.
+admission (the caller's) → the upstream call (through the openai SDK) → the upstream's SSE events
+→ the upstream API's own event accounting → framing for the client (NDJSON or SSE) → exactly one
+usage row. An upstream API plugs in as an `UpstreamApi` and a request that follows `ApiRequest`;
+the relay itself knows nothing of chat completions.
+
+The upstream's events are relayed as their own bytes, reframed but never re-serialized; each is
+parsed once, for the accounting.
 """
 
 from __future__ import annotations
@@ -11,132 +15,127 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any, Protocol
 
 import anyio
 import httpx2
 import openai
 import orjson
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from openai import AsyncOpenAI
 from openai._response import AsyncAPIResponse, AsyncResponseContextManager
 
-from .chat_request import ChatRequest
+from .conf import app_settings
 from .errors import (
     ApiError,
     first_token_timeout,
     idle_timeout,
-    upstream_busy,
     upstream_error,
+    upstream_incomplete,
+    upstream_malformed,
 )
-from .limits import SLOT_REFRESH_SECONDS, Admission, count_tokens, upstream_user_id
+from .limits import SLOT_REFRESH_SECONDS, Admission
 from .models import UsageLog
-from .request_log import log_request
-from .upstream import get_upstream
-from .usage import StreamAccount, save_usage_log
+from .upstream import get_upstream, upstream_user_id
+from .usage import StreamAccount, record_usage
 from .wire import DONE, Framing, SSEDecoder, SSEEvent
 
 logger = logging.getLogger(__name__)
 
-# After [DONE], how long to wait for the upstream to end its body so its connection can be reused.
+# After the end of the answer, how long to wait for the upstream to end its body so its connection can be reused.
 DRAIN_SECONDS = 0.1
 UPSTREAM_READ_ERRORS = (httpx2.TransportError, anyio.EndOfStream)
 
 
-async def _finish(account: StreamAccount, admission: Admission) -> None:
-    """Write the usage row, count its tokens and free the concurrency slot: one thread hop for all."""
+class ApiRequest(Protocol):
+    """A validated request to one upstream API (see `streaming.schemas`)."""
 
-    def finish() -> UsageLog:
-        try:
-            row = save_usage_log(account)
-            count_tokens(row.user_id, row.total_tokens, row.created_at)
-            return row
-        finally:
-            admission.release()
+    @property
+    def model(self) -> str: ...
 
-    row = await sync_to_async(finish)()
-    log_request(
-        user_id=row.user_id,
-        model=row.model,
-        status=row.status,
-        prompt_tokens=row.prompt_tokens,
-        completion_tokens=row.completion_tokens,
-        total_tokens=row.total_tokens,
-        tokens_estimated=row.tokens_estimated,
-        ttft_ms=row.time_to_first_token_ms,
-        duration_ms=row.duration_ms,
-        upstream_request_id=row.upstream_request_id,
-    )
+    def upstream_params(self) -> dict[str, Any]: ...
+
+    def estimated_input_tokens(self) -> int: ...
 
 
-async def open_chat_stream(
-    chat: ChatRequest, user: AbstractBaseUser, framing: Framing, admission: Admission | None = None
-) -> ChatStream:
-    """Start the upstream request; raise ApiError (after logging usage) if it fails before streaming."""
-    admission = admission or Admission()
-    account = StreamAccount(user=user, chat=chat)
+class UpstreamApi(Protocol):
+    """One upstream API's part in the relay: its call, and the meaning of its stream events."""
+
+    # What ends this API's stream in SSE framing (chat completions: `data: [DONE]`).
+    sse_terminator: bytes
+
+    def open(self, client: AsyncOpenAI, params: dict[str, Any]) -> AsyncResponseContextManager[AsyncAPIResponse]: ...
+
+    def observe(self, event: str | None, payload: dict[str, Any], account: StreamAccount) -> ApiError | None:
+        """Account for one event (usage, output, the end of the answer); the error it reports, if any."""
+        ...
+
+    def error_event(self, error: ApiError) -> dict[str, Any]:
+        """A failure after the stream began, as an event in this API's shape."""
+        ...
+
+
+async def open_relay(
+    *, api: UpstreamApi, request: ApiRequest, user: AbstractBaseUser, framing: Framing, admission: Admission
+) -> RelayStream:
+    """Start the upstream request; if it fails before streaming, record its usage and raise its ApiError."""
+    account = StreamAccount(user=user, model=request.model, estimated_input_tokens=request.estimated_input_tokens())
     upstream = get_upstream()
+    # Unwound in reverse when the request ends, however it ends: the response, its connection, the usage row.
+    cleanup = AsyncExitStack()
+    cleanup.push_async_callback(record_usage, account, admission)
+    first_token_deadline = account.started + app_settings.OPENAI_FIRST_TOKEN_TIMEOUT
     try:
-        async with asyncio.timeout(settings.OPENAI_CONNECT_TIMEOUT):
-            await upstream.connections.acquire()
-    except asyncio.CancelledError:
-        account.status = UsageLog.Status.CANCELLED
-        await _finish(account, admission)
-        raise
-    except TimeoutError:
-        busy = upstream_busy()
-        account.fail(busy.message)
-        await _finish(account, admission)
-        raise busy from None
-    first_token_deadline = account.started + settings.OPENAI_FIRST_TOKEN_TIMEOUT
-    try:
+        await cleanup.enter_async_context(upstream.connection())
         async with asyncio.timeout(first_token_deadline - time.monotonic()):
-            response = await _request(upstream.client, chat, user).__aenter__()
-    except asyncio.CancelledError:
-        upstream.connections.release()
-        account.status = UsageLog.Status.CANCELLED
-        await _finish(account, admission)
-        raise
-    except Exception as exc:
-        upstream.connections.release()
-        if isinstance(exc, TimeoutError):
-            failure = first_token_timeout()
-        else:
-            if not isinstance(exc, openai.APIError):
-                logger.exception("Unexpected failure opening the upstream stream")
-            failure = upstream_error(exc)
-        account.request_id = getattr(exc, "request_id", None) or ""
-        account.fail(failure.message)
-        await _finish(account, admission)
+            response = await cleanup.enter_async_context(api.open(upstream.client, _upstream_params(request, user)))
+    except BaseException as exc:
+        failure = _opening_failure(exc, account)
+        await cleanup.aclose()
+        if failure is None:
+            raise
         raise failure from exc
     account.request_id = response.request_id or ""
-    return ChatStream(response, framing, account, admission, first_token_deadline, upstream.connections.release)
-
-
-def _request(
-    client: AsyncOpenAI, chat: ChatRequest, user: AbstractBaseUser
-) -> AsyncResponseContextManager[AsyncAPIResponse]:
-    """The SDK's raw streaming request for this chat."""
-    params = chat.upstream_params()
-    if settings.OPENAI_USER_FIELD:
-        params[settings.OPENAI_USER_FIELD] = upstream_user_id(user)
-    # The SDK walks every message of typed params to transform them (about 0.25 ms a message here);
-    # these are validated plain dicts already, so they travel untouched in the body.
-    messages = params.pop("messages")
-    return client.chat.completions.with_streaming_response.create(
-        **params,
-        messages=[],
-        stream=True,
-        stream_options={"include_usage": True},
-        extra_body={"messages": messages},
-        # Compressing small SSE events costs both sides CPU and buys nothing.
-        extra_headers={"Accept-Encoding": "identity"},
+    return RelayStream(
+        response=response,
+        api=api,
+        framing=framing,
+        account=account,
+        admission=admission,
+        first_token_deadline=first_token_deadline,
+        cleanup=cleanup,
     )
 
 
-class ChatStream:
+def _upstream_params(request: ApiRequest, user: AbstractBaseUser) -> dict[str, Any]:
+    params = request.upstream_params()
+    if app_settings.OPENAI_USER_FIELD:
+        params[app_settings.OPENAI_USER_FIELD] = upstream_user_id(user)
+    return params
+
+
+def _opening_failure(exc: BaseException, account: StreamAccount) -> ApiError | None:
+    """The error that ends a request before streaming, noted on its account; None for a cancellation."""
+    if not isinstance(exc, Exception):
+        account.status = UsageLog.Status.CANCELLED
+        return None
+    if isinstance(exc, ApiError):
+        failure = exc
+    elif isinstance(exc, TimeoutError):
+        failure = first_token_timeout()
+    else:
+        if not isinstance(exc, openai.APIError):
+            logger.exception("Unexpected failure opening the upstream stream")
+        failure = upstream_error(exc)
+        account.request_id = getattr(exc, "request_id", None) or ""
+    account.fail(failure.message)
+    return failure
+
+
+class RelayStream:
     """An open upstream stream, relayed by iterating over it (once).
 
     A pump task reads the upstream while the relay loop writes to the client, so the relay can
@@ -146,24 +145,27 @@ class ChatStream:
 
     def __init__(
         self,
+        *,
         response: AsyncAPIResponse,
+        api: UpstreamApi,
         framing: Framing,
         account: StreamAccount,
         admission: Admission,
         first_token_deadline: float,
-        release_connection: Callable[[], None],
+        cleanup: AsyncExitStack,
     ) -> None:
         self._response = response
-        self._release_connection = release_connection
+        self._api = api
         self._framing = framing
         self._account = account
         self._admission = admission
         self._first_token_deadline = first_token_deadline
+        self._cleanup = cleanup
         self._decoder = SSEDecoder()
         self._inbox: list[bytes] = []
         self._upstream_ended = False
         self._upstream_error: Exception | None = None
-        self._wakeup: asyncio.Future | None = None
+        self._wakeup: asyncio.Future[None] | None = None
         self._done = False
         self._failure: ApiError | None = None
 
@@ -174,21 +176,20 @@ class ChatStream:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         account = self._account
         pump = asyncio.create_task(self._pump())
+        self._cleanup.push_async_callback(_stop, pump)
         try:
             # daphne sends the response headers with the first body message; send them now.
             yield b""
             async for out in self._relay():
                 yield out
             if self._failure is None and not (self._done or account.finished):
-                self._failure = ApiError(
-                    502, "The upstream ended the stream before it was complete.", "upstream_error", "upstream_incomplete"
-                )
+                self._failure = upstream_incomplete()
             if self._failure is not None:
                 account.fail(self._failure.message)
-                yield self._framing.error(self._failure.as_dict())
+                yield self._framing.error(self._api.error_event(self._failure))
             else:
                 account.status = UsageLog.Status.COMPLETED
-                end = self._framing.end()
+                end = self._framing.end(self._api.sse_terminator)
                 if end:
                     yield end
                 await asyncio.wait({pump}, timeout=DRAIN_SECONDS)
@@ -196,13 +197,7 @@ class ChatStream:
             account.status = UsageLog.Status.CANCELLED
             raise
         finally:
-            if not pump.done():
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
-            await self._response.close()
-            self._release_connection()
-            await _finish(account, self._admission)
+            await self._cleanup.aclose()
 
     async def _pump(self) -> None:
         try:
@@ -221,8 +216,8 @@ class ChatStream:
 
     async def _relay(self) -> AsyncIterator[bytes]:
         """Framed output as the upstream delivers it; keepalives while it is silent."""
-        keepalive = settings.CHAT_KEEPALIVE_SECONDS
-        idle_limit = settings.OPENAI_IDLE_TIMEOUT
+        keepalive = app_settings.CHAT_KEEPALIVE_SECONDS
+        idle_limit = app_settings.OPENAI_IDLE_TIMEOUT
         loop = asyncio.get_running_loop()
         last_write = last_data = last_refresh = time.monotonic()
         while True:
@@ -245,7 +240,7 @@ class ChatStream:
             if now - last_refresh > SLOT_REFRESH_SECONDS:
                 await sync_to_async(self._admission.refresh)()
                 last_refresh = now
-            if self._account.first_token_at is None:
+            if self._account.first_output_at is None:
                 deadline, timeout_error = self._first_token_deadline, first_token_timeout
             else:
                 deadline, timeout_error = last_data + idle_limit, idle_timeout
@@ -275,24 +270,22 @@ class ChatStream:
                 self._done = True
                 break
             try:
-                chunk = orjson.loads(event.data)
+                payload = orjson.loads(event.data)
             except orjson.JSONDecodeError:
-                chunk = None
-            if not isinstance(chunk, dict):
-                self._failure = ApiError(
-                    502, "The upstream sent an event that is not a JSON object.", "upstream_error", "upstream_malformed"
-                )
+                payload = None
+            if not isinstance(payload, dict):
+                self._failure = upstream_malformed()
                 break
-            if event.event == "error" or chunk.get("error") or chunk.get("object") == "error":
-                self._failure = upstream_error(_stream_error(chunk))
+            self._failure = self._api.observe(event.event, payload, self._account)
+            if self._failure is not None:
                 break
-            self._account.observe(chunk)
-            data = event.data if b"\n" not in event.data else orjson.dumps(chunk)
-            framed.append(self._framing.chunk(data))
+            data = event.data if b"\n" not in event.data else orjson.dumps(payload)
+            framed.append(self._framing.chunk(data, event.event))
         return b"".join(framed)
 
 
-def _stream_error(chunk: dict) -> openai.APIError:
-    error = chunk.get("error") if isinstance(chunk.get("error"), dict) else chunk
-    message = error.get("message") if isinstance(error.get("message"), str) else "The upstream reported an error."
-    return openai.APIError(message, request=None, body={"error": error})  # type: ignore[arg-type]
+async def _stop(task: asyncio.Task[None]) -> None:
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,4 +1,4 @@
-"""One structured log line per chat request, for log pipelines: no prompt text, no key."""
+"""One structured log line per API request, for log pipelines: no prompt text, no key."""
 
 from __future__ import annotations
 
@@ -6,10 +6,33 @@ import logging
 
 import orjson
 
+from .errors import ApiError
+from .models import UsageLog
+
 logger = logging.getLogger("streaming.requests")
 
 
-def log_request(**fields: object) -> None:
-    """Log `fields` as one JSON object; callers pass ids, model, status, tokens and timings only."""
+def log_usage(row: UsageLog) -> None:
+    """The line of a request that reached the upstream, from its usage row."""
+    _log(
+        user_id=row.user_id,
+        model=row.model,
+        status=row.status,
+        prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens,
+        total_tokens=row.total_tokens,
+        tokens_estimated=row.tokens_estimated,
+        ttft_ms=row.time_to_first_token_ms,
+        duration_ms=row.duration_ms,
+        upstream_request_id=row.upstream_request_id,
+    )
+
+
+def log_refusal(*, user_id: int, error: ApiError) -> None:
+    """The line of a request refused before it reached the upstream."""
+    _log(user_id=user_id, status="refused", http_status=error.status, code=error.code)
+
+
+def _log(**fields: object) -> None:
     if logger.isEnabledFor(logging.INFO):
         logger.info(orjson.dumps({"event": "chat_request", **fields}).decode())

@@ -1,4 +1,4 @@
-"""Usage accounting: what one relayed request cost, and its row in the usage log."""
+"""Usage accounting: what one relayed request cost, and the one place that records it."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.utils import timezone
 
-from .chat_request import ChatRequest
+from .limits import Admission, count_tokens
 from .models import UsageLog
+from .request_log import log_usage
 
 # Per-message overhead of the chat format, as OpenAI counts it.
 TOKENS_PER_MESSAGE = 4
@@ -22,64 +24,64 @@ def estimate_tokens(chars: int) -> int:
     return math.ceil(chars / 4)
 
 
+@dataclass(frozen=True)
+class ReportedUsage:
+    """Token counts as the upstream reported them, in chat-completions terms."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
 @dataclass
 class StreamAccount:
-    """What one request has cost so far; filled in as chunks pass and written once at the end."""
+    """What one request has cost so far: filled in as events pass, recorded once at the end.
+
+    The upstream API's event accounting fills in usage, output and finish; the relay core fills
+    in the outcome.
+    """
 
     user: AbstractBaseUser
-    chat: ChatRequest
+    model: str
+    estimated_input_tokens: int
     started: float = field(default_factory=time.monotonic)
     created_at: datetime = field(default_factory=timezone.now)
     status: str = UsageLog.Status.ERROR
-    usage: dict | None = None
-    content_chars: int = 0
-    first_token_at: float | None = None
+    usage: ReportedUsage | None = None
+    output_chars: int = 0
+    first_output_at: float | None = None
     finished: bool = False
     request_id: str = ""
     error_message: str = ""
 
-    def observe(self, chunk: dict) -> None:
-        """Account for one chat-completion chunk from the upstream."""
-        usage = chunk.get("usage")
-        if usage:
-            self.usage = usage
-        if not self.request_id and isinstance(chunk.get("id"), str):
-            self.request_id = chunk["id"]
-        for choice in chunk.get("choices") or ():
-            delta = choice.get("delta") or {}
-            text = delta.get("content") or delta.get("reasoning_content")
-            if text:
-                if self.first_token_at is None:
-                    self.first_token_at = time.monotonic()
-                self.content_chars += len(text)
-            if choice.get("finish_reason"):
-                self.finished = True
+    def output(self, text: str) -> None:
+        """Count generated text (the answer, reasoning, tool-call arguments) toward the estimate."""
+        if self.first_output_at is None:
+            self.first_output_at = time.monotonic()
+        self.output_chars += len(text)
 
     def fail(self, message: str) -> None:
         self.status = UsageLog.Status.ERROR
         self.error_message = message[: UsageLog.ERROR_MESSAGE_MAX_LENGTH]
 
     def as_usage_log(self) -> UsageLog:
-        reported = self.usage or {}
-        estimated = not all(isinstance(reported.get(k), int) for k in ("prompt_tokens", "completion_tokens"))
-        if estimated:
-            prompt = estimate_tokens(self.chat.input_chars) + TOKENS_PER_MESSAGE * len(self.chat.messages)
-            completion = estimate_tokens(self.content_chars)
+        if self.usage is None:
+            prompt = self.estimated_input_tokens
+            completion = estimate_tokens(self.output_chars)
             total = prompt + completion
         else:
-            prompt, completion = reported["prompt_tokens"], reported["completion_tokens"]
-            total = reported.get("total_tokens") or prompt + completion
+            prompt, completion, total = self.usage.prompt_tokens, self.usage.completion_tokens, self.usage.total_tokens
         ended = time.monotonic()
         return UsageLog(
-            user=self.user,
+            user_id=self.user.pk,
             created_at=self.created_at,
-            model=self.chat.model,
+            model=self.model,
             status=self.status,
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=total,
-            tokens_estimated=estimated,
-            time_to_first_token_ms=_ms(self.first_token_at - self.started) if self.first_token_at else None,
+            tokens_estimated=self.usage is None,
+            time_to_first_token_ms=_ms(self.first_output_at - self.started) if self.first_output_at else None,
             duration_ms=_ms(ended - self.started),
             upstream_request_id=self.request_id[:200],
             error_message=self.error_message,
@@ -90,7 +92,22 @@ def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
-def save_usage_log(account: StreamAccount) -> UsageLog:
-    row = account.as_usage_log()
-    row.save(force_insert=True)
+def save_usage(account: StreamAccount, admission: Admission) -> UsageLog:
+    """Write the usage row, count its tokens and free the concurrency slot (which is freed whatever happens)."""
+    try:
+        row = account.as_usage_log()
+        row.save(force_insert=True)
+        count_tokens(row.user_id, row.total_tokens, row.created_at)
+        return row
+    finally:
+        admission.release()
+
+
+async def record_usage(account: StreamAccount, admission: Admission) -> UsageLog:
+    """The end of every request that reached for the upstream: its row, counters, slot and log line.
+
+    The database and cache work is one thread hop.
+    """
+    row = await sync_to_async(save_usage)(account, admission)
+    log_usage(row)
     return row

@@ -1,27 +1,33 @@
+from __future__ import annotations
+
 import logging
 import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
-from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError, close_old_connections, connection
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.middleware.csrf import CsrfViewMiddleware
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render, resolve_url
 from django.views import defaults
-from django.views.csrf import csrf_failure as default_csrf_failure
 from django.views.decorators.csrf import csrf_exempt
 
-from .chat_request import ChatRequest, parse_chat_request
-from .errors import ApiError, error_response, invalid_request
+from .chat_completions import CHAT_COMPLETIONS
+from .conf import app_settings
+from .errors import ApiError, error_response, internal_error, method_not_allowed, not_found
+from .fronts import Caller, request_body, session_front
 from .limits import Admission, admit
-from .relay import open_chat_stream
-from .request_log import log_request
+from .relay import RelayStream, open_relay
+from .request_log import log_refusal
+from .schemas.chat_completions import parse_chat_completion_request
 from .wire import framing_for
+
+RequestT = TypeVar("RequestT")
 
 logger = logging.getLogger(__name__)
 
@@ -38,69 +44,77 @@ class LogoutView(auth_views.LogoutView):
 @login_required
 def chat_page(request: HttpRequest) -> HttpResponse:
     context = {
-        "demo_mode": settings.CHAT_DEMO_MODE,
-        "models": settings.CHAT_ALLOWED_MODELS,
-        "default_model": settings.CHAT_DEFAULT_MODEL,
+        "demo_mode": app_settings.CHAT_DEMO_MODE,
+        "models": app_settings.CHAT_ALLOWED_MODELS,
+        "default_model": app_settings.CHAT_DEFAULT_MODEL,
         "login_url": resolve_url(settings.LOGIN_URL),
     }
     return render(request, "streaming/chat.html", context)
 
 
-# Checked in the view, after authentication, so an anonymous caller learns it must log in (401)
-# rather than that its CSRF token is missing (403).
-_csrf = CsrfViewMiddleware(lambda request: HttpResponse())
-
-
-@csrf_exempt
-async def chat_stream(request: HttpRequest) -> HttpResponse:
-    """Relay one streaming chat completion to a logged-in user."""
+@csrf_exempt  # the session front checks CSRF itself, after authentication
+async def chat_stream(request: HttpRequest) -> HttpResponseBase:
+    """Relay one streaming chat completion to a logged-in user of the page."""
     if request.method != "POST":
-        response = error_response(ApiError(405, "Use POST.", "invalid_request_error", "method_not_allowed"))
-        response["Allow"] = "POST"
-        return response
-    accepted = await sync_to_async(_accept)(request)
-    if isinstance(accepted, HttpResponse):
-        return accepted
-    user, chat, admission = accepted
+        return _method_not_allowed("POST")
+    accepted = await sync_to_async(accept_request)(request, front=session_front, parse=parse_chat_completion_request)
+    if isinstance(accepted, ApiError):
+        return error_response(accepted)
     try:
-        stream = await open_chat_stream(chat, user, framing_for(request.headers.get("Accept", "")), admission)
+        stream = await open_relay(
+            api=CHAT_COMPLETIONS,
+            request=accepted.request,
+            user=accepted.caller.user,
+            framing=framing_for(request.headers.get("Accept", "")),
+            admission=accepted.admission,
+        )
     except ApiError as error:  # logged with its usage row
         return error_response(error)
-    response = StreamingHttpResponse(stream, content_type=stream.content_type)
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
-    return response
+    return _streaming_response(stream)
 
 
-def _accept(request: HttpRequest) -> tuple[AbstractBaseUser, ChatRequest, Admission] | HttpResponse:
-    """Log-in, body size, CSRF, validation and admission, or the response refusing the request.
+@dataclass(frozen=True)
+class Accepted(Generic[RequestT]):
+    """A request let through to the upstream: who asks, what, and the admission it holds."""
+
+    caller: Caller
+    request: RequestT
+    admission: Admission
+
+
+def accept_request(
+    request: HttpRequest, *, front: Callable[[HttpRequest], Caller], parse: Callable[[bytes], RequestT]
+) -> Accepted[RequestT] | ApiError:
+    """The front, the body's validation and admission, or the error refusing the request.
 
     All of the request's database work before streaming, in one thread hop; then its database
     connection goes back, since a stream may stay open for minutes and 500 open streams must not
     hold 500 connections. The usage row at the end takes one briefly.
     """
     try:
-        user = request.user
-        if not user.is_authenticated:
-            return error_response(ApiError(401, "Log in to use the chat API.", "authentication_error", "not_authenticated"))
-        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        caller = front(request)
         try:
-            body = request.body
-        except RequestDataTooBig:
-            body = None
-        if body is None or len(body) > limit:
-            return error_response(invalid_request(f"The request body is over {limit} bytes.", "body_too_large", 413))
-        csrf_refusal = _csrf.process_view(request, None, (), {})
-        if csrf_refusal is not None:
-            return csrf_refusal
-        try:
-            chat = parse_chat_request(body)
-            return user, chat, admit(user)
+            return Accepted(caller=caller, request=parse(request_body(request)), admission=admit(caller.user))
         except ApiError as error:
-            log_request(user_id=user.pk, status="refused", http_status=error.status, code=error.code)
-            return error_response(error)
+            log_refusal(user_id=caller.user.pk, error=error)
+            return error
+    except ApiError as error:
+        return error
     finally:
         close_old_connections()
+
+
+def _streaming_response(stream: RelayStream) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(stream, content_type=stream.content_type)
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _method_not_allowed(allowed: str) -> JsonResponse:
+    response = error_response(method_not_allowed(allowed=allowed))
+    response["Allow"] = allowed
+    return response
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:
@@ -135,20 +149,13 @@ def _is_api(request: HttpRequest) -> bool:
     return request.path.startswith("/api/")
 
 
-def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
-    if _is_api(request):
-        message = f"CSRF verification failed: {reason} Send the csrftoken cookie's value in the X-CSRFToken header."
-        return error_response(ApiError(403, message, "permission_error", "csrf_failed"))
-    return default_csrf_failure(request, reason)
-
-
 def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
     if _is_api(request):
-        return error_response(ApiError(404, f"No API endpoint at {request.path}.", "invalid_request_error", "not_found"))
+        return error_response(not_found(path=request.path))
     return defaults.page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if _is_api(request):
-        return error_response(ApiError(500, "Internal server error.", "server_error", "internal_error"))
+        return error_response(internal_error())
     return defaults.server_error(request)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 import pytest
 from django.test import AsyncClient
 
 from streaming.models import UsageLog
-from tests.conftest import MODEL, OTHER_MODEL, TEST_API_KEY
 from tests.fake_upstream import Reply
+from tests.live_site import MODEL, OTHER_MODEL, STREAM_URL, TEST_API_KEY, free_port
 
-STREAM_URL = "/api/chat/stream"
 VALID = {"messages": [{"role": "user", "content": "Hi"}]}
 
 
@@ -34,16 +31,18 @@ def test_anonymous_gets_401_json_not_a_login_redirect(live_site, fake_upstream, 
 
 
 def test_missing_or_wrong_csrf_token_gets_403(site_client, fake_upstream):
+    # The message names Django's reason: the session front turns Django's own CSRF refusal into
+    # the API's error (by overriding CsrfViewMiddleware._reject, which a Django upgrade could change).
     without = site_client.post(STREAM_URL, json=VALID, headers={"X-CSRFToken": ""})
-    assert "CSRF" in assert_error(without, 403, "csrf_failed")["message"]
+    assert "has incorrect length" in assert_error(without, 403, "csrf_failed")["message"]
     wrong = site_client.post(STREAM_URL, json=VALID, headers={"X-CSRFToken": "x" * 32})
-    assert_error(wrong, 403, "csrf_failed")
+    assert "HTTP header incorrect" in assert_error(wrong, 403, "csrf_failed")["message"]
     assert fake_upstream.requests == []
 
 
 def test_cross_site_post_is_refused(site_client, fake_upstream):
     response = site_client.post(STREAM_URL, json=VALID, headers={"Origin": "https://evil.example"})
-    assert_error(response, 403, "csrf_failed")
+    assert "Origin checking failed" in assert_error(response, 403, "csrf_failed")["message"]
     assert fake_upstream.requests == []
 
 
@@ -97,11 +96,23 @@ def test_oversized_body_gets_413(site_client, fake_upstream):
 @pytest.mark.parametrize(
     ("reply", "status", "code"),
     [
-        (Reply(status=401, error_message=f"Incorrect API key provided: {TEST_API_KEY}."), 502, "upstream_authentication_failed"),
-        (Reply(status=429, error_message="Rate limit reached.", error_headers={"Retry-After": "7"}), 503, "upstream_rate_limited"),
+        (
+            Reply(status=401, error_message=f"Incorrect API key provided: {TEST_API_KEY}."),
+            502,
+            "upstream_authentication_failed",
+        ),
+        (
+            Reply(status=429, error_message="Rate limit reached.", error_headers={"Retry-After": "7"}),
+            503,
+            "upstream_rate_limited",
+        ),
         (Reply(status=503, error_message="The engine is overloaded."), 503, "upstream_overloaded"),
         (Reply(status=500, error_message="The server had an error."), 502, "upstream_status_500"),
-        (Reply(status=400, error_message="This model's maximum context length is 8 tokens."), 400, "upstream_rejected_request"),
+        (
+            Reply(status=400, error_message="This model's maximum context length is 8 tokens."),
+            400,
+            "upstream_rejected_request",
+        ),
         (Reply(first_delay=3.0), 504, "upstream_timeout"),
     ],
     ids=["401", "429", "503", "500", "400", "timeout"],
@@ -120,15 +131,9 @@ def test_upstream_failures_before_streaming_are_mapped(site_client, fake_upstrea
     assert TEST_API_KEY not in row.error_message
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.django_db(transaction=True)
 async def test_refused_upstream_connection_gets_502(settings, django_user_model):
-    settings.OPENAI_BASE_URL = f"http://127.0.0.1:{_closed_port()}/v1"
+    settings.OPENAI_BASE_URL = f"http://127.0.0.1:{free_port()}/v1"
     user = await django_user_model.objects.acreate_user("bob", password="pw-unused-here")
     client = AsyncClient(enforce_csrf_checks=False)
     await client.aforce_login(user)

@@ -1,20 +1,24 @@
 import orjson
 import pytest
 
-from streaming.chat_request import parse_chat_request
 from streaming.errors import ApiError
-from tests.conftest import MODEL, OTHER_MODEL
+from streaming.schemas.chat_completions import parse_chat_completion_request
+from tests.live_site import MODEL, OTHER_MODEL
 
 
 def parse(**body):
-    return parse_chat_request(orjson.dumps(body))
+    return parse_chat_completion_request(orjson.dumps(body))
 
 
 def test_defaults_fill_in_model_and_the_max_tokens_cap(settings):
     chat = parse(messages=[{"role": "user", "content": "Hi"}])
     assert chat.model == MODEL
     assert chat.max_tokens == settings.CHAT_MAX_TOKENS
-    assert chat.upstream_params() == {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": settings.CHAT_MAX_TOKENS}
+    assert chat.upstream_params() == {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": settings.CHAT_MAX_TOKENS,
+    }
 
 
 def test_max_tokens_above_the_cap_is_clamped(settings):
@@ -24,7 +28,11 @@ def test_max_tokens_above_the_cap_is_clamped(settings):
 
 
 def test_an_allowed_model_and_temperature_pass_through():
-    chat = parse(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], model=OTHER_MODEL, temperature=0)
+    chat = parse(
+        messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+        model=OTHER_MODEL,
+        temperature=0,
+    )
     assert chat.upstream_params()["model"] == OTHER_MODEL
     assert chat.upstream_params()["temperature"] == 0.0
 

@@ -14,13 +14,12 @@ from django.contrib.auth.models import Group
 from django.test import AsyncClient
 from django.utils import timezone
 
-from streaming.limits import limits_for, upstream_user_id
+from streaming.limits import limits_for
 from streaming.models import LimitRefusal, UsageLimit, UsageLog
-from streaming.upstream import get_upstream
-from tests.conftest import LIVE_KEEPALIVE_SECONDS, MODEL
+from streaming.upstream import get_upstream, upstream_user_id
 from tests.fake_upstream import Reply
+from tests.live_site import LIVE_KEEPALIVE_SECONDS, MODEL, STREAM_URL
 
-STREAM_URL = "/api/chat/stream"
 BODY = {"messages": [{"role": "user", "content": "Hi"}]}
 
 
@@ -90,12 +89,20 @@ def test_monthly_budget_counts_earlier_days(site_client, fake_upstream, user):
     UsageLimit.objects.create(user=user, daily_token_budget=0, monthly_token_budget=500)
     start_of_month = timezone.localtime().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     UsageLog.objects.create(
-        user=user, created_at=start_of_month + timedelta(seconds=1), model=MODEL, status="completed",
-        total_tokens=500, duration_ms=1,
+        user=user,
+        created_at=start_of_month + timedelta(seconds=1),
+        model=MODEL,
+        status="completed",
+        total_tokens=500,
+        duration_ms=1,
     )
     UsageLog.objects.create(
-        user=user, created_at=start_of_month - timedelta(days=1), model=MODEL, status="completed",
-        total_tokens=10_000, duration_ms=1,
+        user=user,
+        created_at=start_of_month - timedelta(days=1),
+        model=MODEL,
+        status="completed",
+        total_tokens=10_000,
+        duration_ms=1,
     )
     refused = site_client.post(STREAM_URL, json=BODY)
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "monthly_token_budget"

@@ -8,22 +8,30 @@ import time
 
 import pytest
 
-from streaming.chat_request import ChatRequest
+from streaming.chat_completions import CHAT_COMPLETIONS
 from streaming.errors import ApiError
+from streaming.limits import Admission
 from streaming.models import UsageLog
-from streaming.relay import open_chat_stream
-from streaming.wire import NDJSONFraming, SSEFraming
-from tests.conftest import MODEL
+from streaming.relay import RelayStream, open_relay
+from streaming.schemas.chat_completions import ChatCompletionRequest
+from streaming.wire import Framing, NDJSONFraming, SSEFraming
 from tests.fake_upstream import Reply
+from tests.live_site import MODEL
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CHAT = ChatRequest(messages=[{"role": "user", "content": "Tell me a story."}], model=MODEL, max_tokens=64, temperature=None)
+CHAT = ChatCompletionRequest(
+    messages=[{"role": "user", "content": "Tell me a story."}], model=MODEL, max_tokens=64, temperature=None
+)
 
 
 @pytest.fixture
 async def alice(django_user_model):
     return await django_user_model.objects.acreate_user("alice-relay", password="unused-password")
+
+
+async def open_chat_stream(user, framing: Framing) -> RelayStream:
+    return await open_relay(api=CHAT_COMPLETIONS, request=CHAT, user=user, framing=framing, admission=Admission())
 
 
 async def collect(stream) -> bytes:
@@ -32,7 +40,7 @@ async def collect(stream) -> bytes:
 
 async def test_relays_upstream_chunks_byte_for_byte_as_ndjson(alice, fake_upstream):
     fake_upstream.will_reply(Reply(pieces=["Once", " upon", " a time"], usage=(5, 3)))
-    stream = await open_chat_stream(CHAT, alice, NDJSONFraming)
+    stream = await open_chat_stream(alice, NDJSONFraming)
     body = await collect(stream)
 
     lines = body.split(b"\n")
@@ -46,14 +54,14 @@ async def test_relays_upstream_chunks_byte_for_byte_as_ndjson(alice, fake_upstre
 
 
 async def test_sse_framing_ends_with_done(alice, fake_upstream):
-    stream = await open_chat_stream(CHAT, alice, SSEFraming)
+    stream = await open_chat_stream(alice, SSEFraming)
     body = await collect(stream)
     assert body.startswith(b"data: {") and body.endswith(b"data: [DONE]\n\n")
 
 
 async def test_usage_is_estimated_when_the_upstream_reports_none(alice, fake_upstream):
     fake_upstream.will_reply(Reply(pieces=["abcd" * 10], include_usage=False))
-    await collect(await open_chat_stream(CHAT, alice, NDJSONFraming))
+    await collect(await open_chat_stream(alice, NDJSONFraming))
     row = await UsageLog.objects.aget(user=alice)
     assert row.status == "completed" and row.tokens_estimated
     assert row.completion_tokens == 10  # 40 characters
@@ -63,7 +71,7 @@ async def test_usage_is_estimated_when_the_upstream_reports_none(alice, fake_ups
 async def test_failure_before_streaming_raises_and_logs_an_error_row(alice, fake_upstream):
     fake_upstream.will_reply(Reply(status=500, error_message="kaput"))
     with pytest.raises(ApiError) as raised:
-        await open_chat_stream(CHAT, alice, NDJSONFraming)
+        await open_chat_stream(alice, NDJSONFraming)
     assert raised.value.status == 502 and "kaput" in raised.value.message
     row = await UsageLog.objects.aget(user=alice)
     assert row.status == "error" and "kaput" in row.error_message
@@ -71,7 +79,7 @@ async def test_failure_before_streaming_raises_and_logs_an_error_row(alice, fake
 
 async def test_cancelling_the_consumer_closes_the_upstream_and_logs_cancelled(alice, fake_upstream):
     fake_upstream.will_reply(Reply(pieces=["tick "] * 200, delay=0.05))
-    stream = await open_chat_stream(CHAT, alice, NDJSONFraming)
+    stream = await open_chat_stream(alice, NDJSONFraming)
     received = []
 
     async def consume():
@@ -79,7 +87,8 @@ async def test_cancelling_the_consumer_closes_the_upstream_and_logs_cancelled(al
             received.append(part)
 
     task = asyncio.create_task(consume())
-    while sum(part.count(b'"content":"tick') for part in received) < 3:
+    deadline = time.monotonic() + 5
+    while sum(part.count(b'"content":"tick') for part in received) < 3 and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     cancelled_at = time.monotonic()
     task.cancel()

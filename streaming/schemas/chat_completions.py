@@ -1,4 +1,4 @@
-"""Parsing and validation of the body of `POST /api/chat/stream`."""
+"""The chat-completions request: the body of `POST /api/chat/stream`, validated and typed."""
 
 from __future__ import annotations
 
@@ -7,16 +7,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from django.conf import settings
 
-from .errors import ApiError, invalid_request
+from ..conf import app_settings
+from ..errors import input_too_long, invalid_request
+from ..usage import TOKENS_PER_MESSAGE, estimate_tokens
 
 ROLES = ("system", "user", "assistant")
 FIELDS = ("messages", "model", "max_tokens", "temperature")
 
 
 @dataclass(frozen=True)
-class ChatRequest:
+class ChatCompletionRequest:
     messages: list[dict[str, str]]
     model: str
     max_tokens: int
@@ -32,8 +33,11 @@ class ChatRequest:
     def input_chars(self) -> int:
         return sum(len(message["content"]) for message in self.messages)
 
+    def estimated_input_tokens(self) -> int:
+        return estimate_tokens(self.input_chars) + TOKENS_PER_MESSAGE * len(self.messages)
 
-def parse_chat_request(body: bytes) -> ChatRequest:
+
+def parse_chat_completion_request(body: bytes) -> ChatCompletionRequest:
     """Validate a request body; raise ApiError (400/413) naming the offending field."""
     try:
         data = orjson.loads(body)
@@ -46,7 +50,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
         raise invalid_request(
             f"Unknown field(s): {', '.join(unknown)}. Allowed fields: {', '.join(FIELDS)}.", code="unknown_field"
         )
-    return ChatRequest(
+    return ChatCompletionRequest(
         messages=_messages(data.get("messages")),
         model=_model(data.get("model")),
         max_tokens=_max_tokens(data.get("max_tokens")),
@@ -56,11 +60,13 @@ def parse_chat_request(body: bytes) -> ChatRequest:
 
 def _messages(value: object) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise invalid_request("'messages' must be a non-empty list of {role, content} objects.", code="invalid_messages")
-    if len(value) > settings.CHAT_MAX_MESSAGES:
         raise invalid_request(
-            f"'messages' has {len(value)} entries; at most {settings.CHAT_MAX_MESSAGES} are allowed.",
-            code="too_many_messages",
+            "'messages' must be a non-empty list of {role, content} objects.", code="invalid_messages"
+        )
+    limit = app_settings.CHAT_MAX_MESSAGES
+    if len(value) > limit:
+        raise invalid_request(
+            f"'messages' has {len(value)} entries; at most {limit} are allowed.", code="too_many_messages"
         )
     messages = []
     for index, message in enumerate(value):
@@ -78,28 +84,22 @@ def _messages(value: object) -> list[dict[str, str]]:
             raise invalid_request(f"'{field}.content' must be a string.", code="invalid_content")
         messages.append({"role": role, "content": content})
     total = sum(len(message["content"]) for message in messages)
-    if total > settings.CHAT_MAX_INPUT_CHARS:
-        raise ApiError(
-            413,
-            f"'messages' hold {total} characters; at most {settings.CHAT_MAX_INPUT_CHARS} are allowed.",
-            "invalid_request_error",
-            "input_too_long",
-        )
+    if total > app_settings.CHAT_MAX_INPUT_CHARS:
+        raise input_too_long(field="messages", size=total, limit=app_settings.CHAT_MAX_INPUT_CHARS)
     return messages
 
 
 def _model(value: object) -> str:
     if value is None:
-        return settings.CHAT_DEFAULT_MODEL
-    if not isinstance(value, str) or value not in settings.CHAT_ALLOWED_MODELS:
-        raise invalid_request(
-            f"'model' must be one of: {', '.join(settings.CHAT_ALLOWED_MODELS)}.", code="model_not_allowed"
-        )
+        return app_settings.CHAT_DEFAULT_MODEL
+    allowed = app_settings.CHAT_ALLOWED_MODELS
+    if not isinstance(value, str) or value not in allowed:
+        raise invalid_request(f"'model' must be one of: {', '.join(allowed)}.", code="model_not_allowed")
     return value
 
 
 def _max_tokens(value: object) -> int:
-    cap = settings.CHAT_MAX_TOKENS
+    cap = app_settings.CHAT_MAX_TOKENS
     if value is None:
         return cap
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -110,6 +110,11 @@ def _max_tokens(value: object) -> int:
 def _temperature(value: object) -> float | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 2:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= 2
+    ):
         raise invalid_request("'temperature' must be a number from 0 to 2.", code="invalid_temperature")
     return float(value)

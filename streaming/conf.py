@@ -1,0 +1,72 @@
+"""The app's settings: each one read from the site's Django settings, else the default here.
+
+A site that installs the app sets only what it wants to change, in whatever way it configures
+Django; this project's `chatproxy/settings.py` reads them from the environment. Values are read
+live on every access, so `override_settings` and pytest-django's `settings` fixture apply at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+DEMO_MODEL = "chatproxy-demo"
+
+
+class AppSettings:
+    """Attribute access to the app's settings; each class attribute is the app's default."""
+
+    # The upstream: any OpenAI-compatible server. With no key the built-in demo model answers.
+    OPENAI_API_KEY: str = ""
+    OPENAI_BASE_URL: str = "https://api.openai.com/v1"
+    OPENAI_CONNECT_TIMEOUT: float = 5.0
+    # Seconds from the request to the first token of the answer (reasoning models think first).
+    OPENAI_FIRST_TOKEN_TIMEOUT: float = 120.0
+    # The longest silence tolerated between two chunks once the answer has begun.
+    OPENAI_IDLE_TIMEOUT: float = 60.0
+    OPENAI_MAX_RETRIES: int = 2
+    # Upstream connections per process; requests beyond it wait up to the connect timeout, then get 503.
+    OPENAI_MAX_CONNECTIONS: int = 100
+    # The request field that carries the per-user pseudonym upstream: safety_identifier, user, or "" for none.
+    OPENAI_USER_FIELD: str = "safety_identifier"
+
+    CHAT_DEMO_MODEL: str = DEMO_MODEL
+    # Seconds between the demo model's tokens.
+    CHAT_DEMO_TOKEN_DELAY: float = 0.04
+
+    # Requests asking for more completion tokens are clamped to this; requests asking for none get it.
+    CHAT_MAX_TOKENS: int = 1024
+    CHAT_MAX_MESSAGES: int = 100
+    CHAT_MAX_INPUT_CHARS: int = 100_000
+    # Request bodies over this many bytes are refused with 413 before they are parsed.
+    CHAT_MAX_REQUEST_BYTES: int = 256 * 1024
+    # While the upstream is silent a keepalive goes to the client this often (seconds; 0 = never).
+    CHAT_KEEPALIVE_SECONDS: float = 15.0
+
+    # Per-user limits (0 = no limit); staff override them per user or group in the admin.
+    CHAT_REQUESTS_PER_MINUTE: int = 20
+    CHAT_CONCURRENT_STREAMS: int = 2
+    CHAT_DAILY_TOKEN_BUDGET: int = 200_000
+    CHAT_MONTHLY_TOKEN_BUDGET: int = 2_000_000
+
+    def __getattribute__(self, name: str) -> Any:
+        if name.isupper() and hasattr(settings, name):
+            return getattr(settings, name)
+        return super().__getattribute__(name)
+
+    # Defaults that follow from other settings.
+    @property
+    def CHAT_DEMO_MODE(self) -> bool:
+        return not self.OPENAI_API_KEY
+
+    @property
+    def CHAT_DEFAULT_MODEL(self) -> str:
+        return self.CHAT_DEMO_MODEL if self.CHAT_DEMO_MODE else "gpt-4o-mini"
+
+    @property
+    def CHAT_ALLOWED_MODELS(self) -> list[str]:
+        return [self.CHAT_DEFAULT_MODEL]
+
+
+app_settings = AppSettings()
