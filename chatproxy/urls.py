@@ -1,12 +1,11 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import path
+from django.urls import include, path
 
 from streaming import views
 
 urlpatterns = [
-    path("", views.chat_page, name="chat"),
-    path("api/chat/stream", views.chat_stream, name="chat-stream"),
+    path("", include("streaming.urls")),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
