@@ -7,6 +7,7 @@ without cleaning up (PR_SET_PDEATHSIG), so no server outlives a killed benchmark
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
@@ -29,10 +30,8 @@ PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass(frozen=True)

@@ -355,7 +355,8 @@ class Benchmark:
             paced_runs.append({"concurrency": level, **metrics_dict(run)})
             progress(
                 f"harness paced c={level}: {'keeps pace' if run.keeps_pace else run.pace_failure()}, "
-                f"upstream {run.upstream_cpu_us_per_chunk or 0:.1f} µs/chunk, harness CPU {run.harness_cpu_share or 0:.0%}"
+                f"upstream {run.upstream_cpu_us_per_chunk or 0:.1f} µs/chunk, "
+                f"harness CPU {run.harness_cpu_share or 0:.0%}"
             )
             if not run.keeps_pace:
                 break
@@ -372,7 +373,8 @@ class Benchmark:
             rate = max_level * 1000 / settings.paced_delay_ms if settings.paced_delay_ms else 0
             parts.append(
                 f"paced {settings.paced_chunks}×{settings.paced_delay_ms:g} ms streams keep pace up to c={max_level} "
-                f"(≈ {rate:,.0f} chunks/s, one write and one read each; upstream {kept['upstream_cpu_us_per_chunk'] or 0:.1f} "
+                f"(≈ {rate:,.0f} chunks/s, one write and one read each; "
+                f"upstream {kept['upstream_cpu_us_per_chunk'] or 0:.1f} "
                 f"µs CPU/chunk, upstream + load generator {kept['harness_cpu_share'] or 0:.0%} of one CPU)"
             )
         if paced_runs and paced_runs[-1]["concurrency"] != max_level:
@@ -491,7 +493,8 @@ class Benchmark:
             else:
                 verdict = f"falls behind: {proxy_run.pace_failure()}"
             progress(
-                f"{kind.name}: {paced_name} c={level}: {verdict} (proxy TTFB p99 {(proxy_run.ttfb_p99 or 0) * 1000:.0f} ms, "
+                f"{kind.name}: {paced_name} c={level}: {verdict} "
+                f"(proxy TTFB p99 {(proxy_run.ttfb_p99 or 0) * 1000:.0f} ms, "
                 f"stream p99 {proxy_run.duration_p99 or 0:.2f} s, server CPU {proxy_run.server_cpu_share or 0:.0%})"
             )
             paced_rows.append(
@@ -535,7 +538,8 @@ class Benchmark:
         cpu_saturated = saturation(direct_cpu, proxy_cpu, paced=False, cpu_bound=True)
         progress(
             f"{kind.name}: {cpu_name}: proxy {proxy_cpu.chunks_per_second:,.0f} chunks/s, "
-            f"{proxy_cpu.server_cpu_us_per_chunk or 0:.1f} µs CPU/chunk; direct {direct_cpu.chunks_per_second:,.0f} chunks/s"
+            f"{proxy_cpu.server_cpu_us_per_chunk or 0:.1f} µs CPU/chunk; "
+            f"direct {direct_cpu.chunks_per_second:,.0f} chunks/s"
         )
 
         progress(f"{kind.name}: {settings.aborts} client aborts")

@@ -127,7 +127,7 @@ def verification_problems(spec: StreamSpec, exchange: Exchange, transcript: Tran
 
 def _text_difference(expected: str, received: str) -> str:
     at = next(
-        (i for i, (a, b) in enumerate(zip(expected, received)) if a != b),
+        (i for i, (a, b) in enumerate(zip(expected, received, strict=False)) if a != b),
         min(len(expected), len(received)),
     )
     return (

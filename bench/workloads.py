@@ -332,11 +332,10 @@ async def _connect_all(slots: list[ConnectionSlot]) -> None:
     limit = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
     async def connect(slot: ConnectionSlot) -> None:
+        # A failed connect is retried, and counted if it fails again, when the stream starts.
         async with limit:
-            try:
+            with contextlib.suppress(OSError, TimeoutError):
                 await slot.connect()
-            except (OSError, TimeoutError):
-                pass  # retried, and counted if it fails again, when the stream starts
 
     await asyncio.gather(*(connect(slot) for slot in slots))
 
@@ -429,7 +428,7 @@ async def memory_per_stream(
     idle = rss_bytes(server_pid)
     specs = [StreamSpec.new(chunks, delay_ms) for _ in range(streams)]
     sent: list[tuple[StreamSpec, Exchange, asyncio.Future[Exchange]]] = []
-    for index, (slot, spec) in enumerate(zip(slots, specs)):
+    for index, (slot, spec) in enumerate(zip(slots, specs, strict=True)):
         await slot.connect()
         assert slot.connection is not None
         exchange, done = slot.connection.send(target.request(spec, index))
