@@ -16,6 +16,23 @@ from streaming.wire import SSE_DONE, sse_event
 MID_STREAM_ERROR = sse_event(b'{"error": {"message": "The model crashed mid-answer.", "type": "server_error"}}')
 
 
+@dataclass(frozen=True)
+class ScriptedToolCall:
+    """A tool call the fake upstream makes: its arguments streamed in these pieces."""
+
+    id: str
+    name: str
+    argument_pieces: tuple[str, ...]
+
+    @property
+    def arguments(self) -> str:
+        return "".join(self.argument_pieces)
+
+    def as_message_tool_call(self) -> dict:
+        """The call as a client reassembles it (`message.tool_calls[i]`)."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
 @dataclass
 class Reply:
     """How the fake upstream answers one chat request."""
@@ -37,6 +54,10 @@ class Reply:
     # Send the response headers, then nothing at all.
     hang: bool = False
     send_done: bool = True
+    # Tool calls after the content pieces (by index, in order); the answer then finishes with "tool_calls".
+    tool_calls: list[ScriptedToolCall] = field(default_factory=list)
+    # Send each tool call whole in one delta (id, name and all its arguments), as some providers do.
+    whole_tool_calls: bool = False
 
     @property
     def text(self) -> str:
@@ -140,7 +161,13 @@ def _events(reply: Reply, chunks: ChunkFactory, body: dict) -> list[bytes | None
         if index == reply.malformed_after:
             return [*events, sse_event(b"this is not json")]
         events.append(sse_event(chunks.content(piece)))
-    events.append(sse_event(chunks.finish()))
+    for index, call in enumerate(reply.tool_calls):
+        if reply.whole_tool_calls:
+            events.append(sse_event(chunks.whole_tool_call(index, call.id, call.name, call.arguments)))
+            continue
+        events.append(sse_event(chunks.tool_call_start(index, call.id, call.name)))
+        events += [sse_event(chunks.tool_call_arguments(index, piece)) for piece in call.argument_pieces]
+    events.append(sse_event(chunks.finish("tool_calls" if reply.tool_calls else "stop")))
     if reply.include_usage and (body.get("stream_options") or {}).get("include_usage"):
         events.append(sse_event(chunks.usage(*reply.usage)))
     if reply.send_done:
