@@ -144,8 +144,11 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Chat API bodies larger than this are refused with 413 before they are parsed; other forms of the
-# site get the same cap.
-CHAT_MAX_REQUEST_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("CHAT_MAX_REQUEST_BYTES", default=256 * 1024)
+# site get the same cap. The default fits the default images (CHAT_MAX_IMAGES of CHAT_MAX_IMAGE_URL_BYTES)
+# plus 256 KiB for the rest.
+CHAT_MAX_REQUEST_BYTES = DATA_UPLOAD_MAX_MEMORY_SIZE = env.int(
+    "CHAT_MAX_REQUEST_BYTES", default=4 * 2 * 1024 * 1024 + 256 * 1024
+)
 
 LOGGING = {
     "version": 1,
@@ -199,7 +202,20 @@ else:
 # Requests asking for more completion tokens are clamped to this; requests asking for none get it.
 CHAT_MAX_TOKENS = env.int("CHAT_MAX_TOKENS", default=1024)
 CHAT_MAX_MESSAGES = env.int("CHAT_MAX_MESSAGES", default=100)
+# Characters of text across a request: message contents, text and refusal parts, tool-call arguments.
 CHAT_MAX_INPUT_CHARS = env.int("CHAT_MAX_INPUT_CHARS", default=100_000)
+# Images per request, and the longest image URL (a data URL's bytes); the default body cap fits them.
+CHAT_MAX_IMAGES = env.int("CHAT_MAX_IMAGES", default=4)
+CHAT_MAX_IMAGE_URL_BYTES = env.int("CHAT_MAX_IMAGE_URL_BYTES", default=2 * 1024 * 1024)
+# Function tools per request, and the JSON size of all their definitions together.
+CHAT_MAX_TOOLS = env.int("CHAT_MAX_TOOLS", default=128)
+CHAT_MAX_TOOLS_BYTES = env.int("CHAT_MAX_TOOLS_BYTES", default=64 * 1024)
+# Choices per request (`n`): each is a whole answer, paid for.
+CHAT_MAX_CHOICES = env.int("CHAT_MAX_CHOICES", default=1)
+# Whether requests may ask the provider to store the completion (`store`, `metadata`): a data-retention decision.
+CHAT_ALLOW_STORE = env.bool("CHAT_ALLOW_STORE", default=False)
+# Further top-level parameters let through to the upstream unvalidated, comma-separated (default none).
+CHAT_EXTRA_PARAMETERS = env.list("CHAT_EXTRA_PARAMETERS", default=[])
 # While the upstream is silent, a keepalive goes to the client this often (seconds; 0 = never), so
 # proxies with idle timeouts do not cut the stream: a blank line in NDJSON, ": ping" in SSE.
 CHAT_KEEPALIVE_SECONDS = env.float("CHAT_KEEPALIVE_SECONDS", default=15.0)

@@ -7,6 +7,7 @@ live on every access, so `override_settings` and pytest-django's `settings` fixt
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
@@ -38,9 +39,23 @@ class AppSettings:
     # Requests asking for more completion tokens are clamped to this; requests asking for none get it.
     CHAT_MAX_TOKENS: int = 1024
     CHAT_MAX_MESSAGES: int = 100
+    # Characters of text across a request: message contents, text and refusal parts, tool-call arguments.
     CHAT_MAX_INPUT_CHARS: int = 100_000
-    # Request bodies over this many bytes are refused with 413 before they are parsed.
-    CHAT_MAX_REQUEST_BYTES: int = 256 * 1024
+    # Images (image_url parts) per request, and the longest image URL (a data URL's bytes) allowed.
+    CHAT_MAX_IMAGES: int = 4
+    CHAT_MAX_IMAGE_URL_BYTES: int = 2 * 1024 * 1024
+    # Function tools per request, and the JSON size of all their definitions together.
+    CHAT_MAX_TOOLS: int = 128
+    CHAT_MAX_TOOLS_BYTES: int = 64 * 1024
+    # Choices per request (`n`): each one is a whole answer, paid for.
+    CHAT_MAX_CHOICES: int = 1
+    # Whether requests may ask the provider to store the completion (`store`, `metadata`).
+    CHAT_ALLOW_STORE: bool = False
+    # Further top-level parameters let through to the upstream unvalidated (provider features the schema does not know).
+    CHAT_EXTRA_PARAMETERS: Sequence[str] = ()
+    # Request bodies over this many bytes are refused with 413 before they are parsed: room for the
+    # default images at their largest, plus 256 KiB for everything else.
+    CHAT_MAX_REQUEST_BYTES: int = 4 * 2 * 1024 * 1024 + 256 * 1024
     # While the upstream is silent a keepalive goes to the client this often (seconds; 0 = never).
     CHAT_KEEPALIVE_SECONDS: float = 15.0
 

@@ -68,6 +68,28 @@ def input_too_long(*, field: str, size: int, limit: int) -> ApiError:
     )
 
 
+def too_many(*, field: str, count: int, limit: int, code: str, what: str = "entries") -> ApiError:
+    """A list over one of the request's bounds (messages, tools, images): 400 naming where it went over."""
+    return invalid_request(f"'{field}' makes {count} {what}; at most {limit} are allowed.", code=code)
+
+
+def too_large(*, field: str, size: int, limit: int, code: str) -> ApiError:
+    """A field over its size bound in bytes (an image's data URL, the tool schemas): 413."""
+    return invalid_request(f"'{field}' is {size} bytes; at most {limit} are allowed.", code=code, status=413)
+
+
+def parameter_not_allowed(*, field: str, setting: str) -> ApiError:
+    """A parameter this site does not let through (its setting decides)."""
+    return invalid_request(
+        f"'{field}' is not allowed on this site (see its {setting} setting).", code="parameter_not_allowed"
+    )
+
+
+def unsupported(*, field: str, what: str, instead: str, code: str) -> ApiError:
+    """A shape OpenAI knows but this relay does not take (audio or file parts, the legacy function role)."""
+    return invalid_request(f"'{field}': {what} are not supported here; {instead}.", code=code)
+
+
 def not_found(*, path: str) -> ApiError:
     return invalid_request(f"No API endpoint at {path}.", code="not_found", status=404)
 

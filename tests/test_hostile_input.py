@@ -19,15 +19,82 @@ json_values = st.recursive(
 tricky_text = st.text(alphabet=st.characters(codec="utf-16", categories=None), max_size=60) | st.sampled_from(
     ["", "\x00", "\u202e", "\ufeff", "\ud800", "🧪" * 50, "<script>alert(1)</script>"]
 )
+names = st.sampled_from(["get_weather", "f", "a" * 65, "bad name", ""]) | tricky_text
+image_urls = (
+    st.sampled_from(
+        [
+            "https://example.com/a.png",
+            "data:image/png;base64,iVBORw0KGgo=",
+            "data:image/png;base64,not base64",
+            "data:image/svg+xml;base64,PHN2Zz4=",
+            "http://example.com/a.png",
+            "https://",
+        ]
+    )
+    | tricky_text
+)
+content_parts = st.one_of(
+    st.fixed_dictionaries({"type": st.just("text"), "text": tricky_text | json_values}),
+    st.fixed_dictionaries(
+        {"type": st.just("image_url"), "image_url": st.fixed_dictionaries({"url": image_urls}) | json_values},
+        optional={"detail": st.sampled_from(["auto", "low", "high", "max"])},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.sampled_from(["refusal", "input_audio", "file", "video"]), "refusal": json_values}
+    ),
+    json_values,
+)
+tool_calls = st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": st.sampled_from(["call_1", ""]) | json_values,
+            "type": st.sampled_from(["function", "custom"]),
+            "function": st.fixed_dictionaries({"name": names, "arguments": tricky_text | json_values}) | json_values,
+        }
+    ),
+    max_size=3,
+)
 messages = st.lists(
     st.fixed_dictionaries(
         {
-            "role": st.sampled_from(["user", "system", "assistant", "tool", "USER", ""]) | json_values,
-            "content": tricky_text | json_values,
+            "role": st.sampled_from(["user", "system", "developer", "assistant", "tool", "function", "USER", ""])
+            | json_values,
+            "content": tricky_text | st.lists(content_parts, max_size=3) | json_values,
         },
-        optional={"name": st.text(max_size=5)},
+        optional={
+            "name": st.text(max_size=5),
+            "tool_calls": tool_calls | json_values,
+            "tool_call_id": st.sampled_from(["call_1", "call_2"]) | json_values,
+        },
     ),
     max_size=4,
+)
+function_tools = st.lists(
+    st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["function", "custom"]) | json_values,
+            "function": st.fixed_dictionaries(
+                {"name": names},
+                optional={
+                    "parameters": st.dictionaries(st.text(max_size=5), json_values, max_size=3) | json_values,
+                    "strict": st.booleans() | json_values,
+                    "description": tricky_text,
+                },
+            )
+            | json_values,
+        }
+    ),
+    max_size=3,
+)
+tool_choices = st.sampled_from(["none", "auto", "required", "any"]) | st.fixed_dictionaries(
+    {"type": st.just("function"), "function": st.fixed_dictionaries({"name": names}) | json_values}
+)
+response_formats = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "json_object", "json_schema", "xml"])},
+    optional={
+        "json_schema": st.fixed_dictionaries({"name": names}, optional={"schema": json_values, "strict": json_values})
+        | json_values
+    },
 )
 chat_bodies = st.fixed_dictionaries(
     {"messages": messages | json_values},
@@ -36,6 +103,12 @@ chat_bodies = st.fixed_dictionaries(
         "max_tokens": st.integers(-5, 2**70) | json_values,
         "temperature": st.floats() | json_values,
         "stream": json_values,
+        "tools": function_tools | json_values,
+        "tool_choice": tool_choices | json_values,
+        "response_format": response_formats | json_values,
+        "stop": json_values,
+        "logit_bias": st.dictionaries(st.text(max_size=4), json_values, max_size=3),
+        "user": json_values,
     },
 )
 
