@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import path
@@ -18,6 +19,39 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class FinishReasonFilter(admin.SimpleListFilter):
+    """The finish reasons the rows hold (providers add their own), and "none" for answers that did not end."""
+
+    title = "finish reason"
+    parameter_name = "finish_reason"
+    NONE = "none"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        reasons = model_admin.get_queryset(request).order_by("finish_reason").values_list("finish_reason", flat=True)
+        return [(reason or self.NONE, reason or "none (did not end)") for reason in reasons.distinct()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageLog]) -> QuerySet[UsageLog]:
+        value = self.value()
+        if value is None:
+            return queryset
+        return queryset.filter(finish_reason="" if value == self.NONE else value)
+
+
+class ToolCallsFilter(admin.SimpleListFilter):
+    title = "tool calls"
+    parameter_name = "made_tool_calls"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "made tool calls"), ("no", "made none")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageLog]) -> QuerySet[UsageLog]:
+        if self.value() == "yes":
+            return queryset.filter(tool_calls__gt=0)
+        if self.value() == "no":
+            return queryset.filter(tool_calls=0)
+        return queryset
+
+
 @admin.register(UsageLog)
 class UsageLogAdmin(ReadOnlyAdmin):
     list_display = (
@@ -25,6 +59,8 @@ class UsageLogAdmin(ReadOnlyAdmin):
         "user",
         "model",
         "status",
+        "finish_reason",
+        "tool_calls",
         "prompt_tokens",
         "completion_tokens",
         "total_tokens",
@@ -32,7 +68,14 @@ class UsageLogAdmin(ReadOnlyAdmin):
         "time_to_first_token_ms",
         "duration_ms",
     )
-    list_filter = ("status", "model", ("created_at", admin.DateFieldListFilter), "tokens_estimated")
+    list_filter = (
+        "status",
+        FinishReasonFilter,
+        ToolCallsFilter,
+        "model",
+        ("created_at", admin.DateFieldListFilter),
+        "tokens_estimated",
+    )
     search_fields = ("user__username",)
     date_hierarchy = "created_at"
     list_select_related = ("user",)

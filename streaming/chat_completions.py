@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import openai
 from openai import AsyncOpenAI
 from openai._response import AsyncAPIResponse, AsyncResponseContextManager
+from openai.types.chat import ChatCompletionStreamOptionsParam
 
 from .errors import ApiError, upstream_error
 from .usage import ReportedUsage, StreamAccount
@@ -20,15 +21,20 @@ class ChatCompletionsApi:
 
     def open(self, client: AsyncOpenAI, params: dict[str, Any]) -> AsyncResponseContextManager[AsyncAPIResponse]:
         """The SDK's raw streaming request; the SDK keeps authentication, retries and HTTP errors."""
-        # The SDK walks every message of typed params to transform them (about 0.25 ms a message here);
-        # these are validated plain dicts already, so they travel untouched in the body.
-        messages = params.pop("messages")
+        # The SDK walks typed params to transform them (about 0.25 ms a message here) and its typed
+        # kwargs lag behind the API; the parameters are validated plain values already, so all but
+        # the model travel untouched in the body. Usage is always asked for, to account for it.
+        body = dict(params)
+        model = body.pop("model")
+        stream_options = cast(
+            ChatCompletionStreamOptionsParam, {**body.pop("stream_options", {}), "include_usage": True}
+        )
         return client.chat.completions.with_streaming_response.create(
-            **params,
+            model=model,
             messages=[],
             stream=True,
-            stream_options={"include_usage": True},
-            extra_body={"messages": messages},
+            stream_options=stream_options,
+            extra_body=body,
             # Compressing small SSE events costs both sides CPU and buys nothing.
             extra_headers={"Accept-Encoding": "identity"},
         )
@@ -44,11 +50,18 @@ class ChatCompletionsApi:
             account.request_id = payload["id"]
         for choice in payload.get("choices") or ():
             delta = choice.get("delta") or {}
-            text = delta.get("content") or delta.get("reasoning_content")
+            # One kind of text a delta: the answer, a refusal, or reasoning (vLLM and others name it either way).
+            text = (
+                delta.get("content") or delta.get("refusal") or delta.get("reasoning_content") or delta.get("reasoning")
+            )
             if text:
                 account.output(text)
-            if choice.get("finish_reason"):
-                account.finished = True
+            tool_calls = delta.get("tool_calls")
+            if tool_calls:
+                _account_tool_calls(_index(choice), tool_calls, account)
+            finish_reason = choice.get("finish_reason")
+            if finish_reason:
+                account.finish(str(finish_reason), choice=_index(choice))
         return None
 
     def error_event(self, error: ApiError) -> dict[str, Any]:
@@ -57,6 +70,27 @@ class ChatCompletionsApi:
 
 
 CHAT_COMPLETIONS = ChatCompletionsApi()
+
+
+def _account_tool_calls(choice: int, tool_calls: object, account: StreamAccount) -> None:
+    """Count each call (by its index in the choice) and its generated name and arguments."""
+    if not isinstance(tool_calls, list):
+        return
+    for call in tool_calls:
+        if not isinstance(call, dict):
+            continue
+        account.tool_call((choice, _index(call)))
+        function = call.get("function")
+        if isinstance(function, dict):
+            for text in (function.get("name"), function.get("arguments")):
+                if isinstance(text, str) and text:
+                    account.output(text)
+
+
+def _index(item: dict[str, Any]) -> int:
+    """A choice's or tool call's `index` (0 where the upstream left it out)."""
+    index = item.get("index")
+    return index if isinstance(index, int) else 0
 
 
 def _reported_usage(usage: dict[str, Any]) -> ReportedUsage | None:

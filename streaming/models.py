@@ -11,6 +11,7 @@ class UsageLog(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     ERROR_MESSAGE_MAX_LENGTH = 500
+    FINISH_REASON_MAX_LENGTH = 32
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_logs")
     created_at = models.DateTimeField(db_index=True)
@@ -28,6 +29,13 @@ class UsageLog(models.Model):
     duration_ms = models.PositiveIntegerField()
     upstream_request_id = models.CharField(max_length=200, blank=True)
     error_message = models.CharField(max_length=ERROR_MESSAGE_MAX_LENGTH, blank=True)
+    finish_reason = models.CharField(
+        max_length=FINISH_REASON_MAX_LENGTH,
+        blank=True,
+        help_text="Why the answer ended, as the upstream said (stop, length, tool_calls, content_filter); "
+        "empty when it did not end (an error, a cancellation).",
+    )
+    tool_calls = models.PositiveIntegerField(default=0, help_text="How many tool calls the answer made.")
 
     class Meta:
         ordering = ["-created_at"]

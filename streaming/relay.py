@@ -81,26 +81,41 @@ class UpstreamApi(Protocol):
 async def open_relay(
     *, api: UpstreamApi, request: ApiRequest, user: AbstractBaseUser, framing: Framing, admission: Admission
 ) -> RelayStream:
-    """Start the upstream request; if it fails before streaming, record its usage and raise its ApiError."""
+    """Start the upstream request and the stream that relays it.
+
+    A failure before the upstream answers is recorded and raised as its ApiError (an HTTP error
+    status), unless the upstream has not answered within the keepalive interval: then the stream
+    starts anyway (200, keepalives) and such a failure arrives as its error line instead.
+    """
     account = StreamAccount(user=user, model=request.model, estimated_input_tokens=request.estimated_input_tokens())
     upstream = get_upstream()
     # Unwound in reverse when the request ends, however it ends: the response, its connection, the usage row.
     cleanup = AsyncExitStack()
     cleanup.push_async_callback(record_usage, account, admission)
     first_token_deadline = account.started + app_settings.OPENAI_FIRST_TOKEN_TIMEOUT
+    opening: asyncio.Task[AsyncAPIResponse] | None = None
     try:
         await cleanup.enter_async_context(upstream.connection())
-        async with asyncio.timeout(first_token_deadline - time.monotonic()):
-            response = await cleanup.enter_async_context(api.open(upstream.client, _upstream_params(request, user)))
+        opening = asyncio.create_task(
+            _open_upstream(api, upstream.client, _upstream_params(request, user), cleanup, first_token_deadline)
+        )
+        await asyncio.wait({opening}, timeout=app_settings.CHAT_KEEPALIVE_SECONDS or None)
+        if opening.done():
+            account.request_id = opening.result().request_id or ""
+        else:  # not answered yet: commit to the stream, whose pump takes over the opening
+            cleanup.push_async_callback(_stop, opening)
     except BaseException as exc:
+        if opening is not None:
+            await _stop(opening)
+        if not isinstance(exc, Exception):
+            account.status = UsageLog.Status.CANCELLED
+            await cleanup.aclose()
+            raise
         failure = _opening_failure(exc, account)
         await cleanup.aclose()
-        if failure is None:
-            raise
         raise failure from exc
-    account.request_id = response.request_id or ""
     return RelayStream(
-        response=response,
+        opening=opening,
         api=api,
         framing=framing,
         account=account,
@@ -110,6 +125,14 @@ async def open_relay(
     )
 
 
+async def _open_upstream(
+    api: UpstreamApi, client: AsyncOpenAI, params: dict[str, Any], cleanup: AsyncExitStack, deadline: float
+) -> AsyncAPIResponse:
+    """The upstream's answer (its status and headers), its closing owned by `cleanup`."""
+    async with asyncio.timeout(deadline - time.monotonic()):
+        return await cleanup.enter_async_context(api.open(client, params))
+
+
 def _upstream_params(request: ApiRequest, user: AbstractBaseUser) -> dict[str, Any]:
     params = request.upstream_params()
     if app_settings.OPENAI_USER_FIELD:
@@ -117,18 +140,15 @@ def _upstream_params(request: ApiRequest, user: AbstractBaseUser) -> dict[str, A
     return params
 
 
-def _opening_failure(exc: BaseException, account: StreamAccount) -> ApiError | None:
-    """The error that ends a request before streaming, noted on its account; None for a cancellation."""
-    if not isinstance(exc, Exception):
-        account.status = UsageLog.Status.CANCELLED
-        return None
+def _opening_failure(exc: Exception, account: StreamAccount) -> ApiError:
+    """The error that ends a request before the upstream answered, noted on its account."""
     if isinstance(exc, ApiError):
         failure = exc
     elif isinstance(exc, TimeoutError):
         failure = first_token_timeout()
     else:
         if not isinstance(exc, openai.APIError):
-            logger.exception("Unexpected failure opening the upstream stream")
+            logger.error("Unexpected failure opening the upstream stream", exc_info=exc)
         failure = upstream_error(exc)
         account.request_id = getattr(exc, "request_id", None) or ""
     account.fail(failure.message)
@@ -141,12 +161,15 @@ class RelayStream:
     A pump task reads the upstream while the relay loop writes to the client, so the relay can
     wake up while the upstream is silent: to send a keepalive, or to give up after a timeout.
     Everything that arrived while the client was being written to goes out as one write.
+
+    `opening` is the upstream's answer; when the stream was committed before the upstream
+    answered, it is still pending, and the pump awaits it while the relay sends keepalives.
     """
 
     def __init__(
         self,
         *,
-        response: AsyncAPIResponse,
+        opening: asyncio.Task[AsyncAPIResponse],
         api: UpstreamApi,
         framing: Framing,
         account: StreamAccount,
@@ -154,7 +177,8 @@ class RelayStream:
         first_token_deadline: float,
         cleanup: AsyncExitStack,
     ) -> None:
-        self._response = response
+        self._opening = opening
+        self._answered = opening.done()
         self._api = api
         self._framing = framing
         self._account = account
@@ -178,8 +202,9 @@ class RelayStream:
         pump = asyncio.create_task(self._pump())
         self._cleanup.push_async_callback(_stop, pump)
         try:
-            # daphne sends the response headers with the first body message; send them now.
-            yield b""
+            # daphne sends the response headers with the first body message; send them now (with
+            # a keepalive if the upstream has kept the client waiting a keepalive interval already).
+            yield b"" if self._answered else self._framing.keepalive
             async for out in self._relay():
                 yield out
             if self._failure is None and not (self._done or account.finished):
@@ -201,7 +226,11 @@ class RelayStream:
 
     async def _pump(self) -> None:
         try:
-            async for data in self._response.http_response.aiter_bytes():
+            response = await self._opening
+            if not self._answered:
+                self._account.request_id = response.request_id or ""
+                self._answered = True
+            async for data in response.http_response.aiter_bytes():
                 self._inbox.append(data)
                 self._wake()
         except Exception as exc:
@@ -259,6 +288,8 @@ class RelayStream:
                     await self._wakeup
 
     def _read_failure(self, exc: Exception) -> ApiError:
+        if not self._answered:  # the stream began before the upstream answered, with this failure
+            return _opening_failure(exc, self._account)
         if not isinstance(exc, UPSTREAM_READ_ERRORS):
             logger.error("Unexpected failure reading the upstream stream", exc_info=exc)
         return upstream_error(exc)
@@ -284,7 +315,7 @@ class RelayStream:
         return b"".join(framed)
 
 
-async def _stop(task: asyncio.Task[None]) -> None:
+async def _stop(task: asyncio.Task[Any]) -> None:
     if not task.done():
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -18,6 +18,8 @@ def log_usage(row: UsageLog) -> None:
         user_id=row.user_id,
         model=row.model,
         status=row.status,
+        finish_reason=row.finish_reason,
+        tool_calls=row.tool_calls,
         prompt_tokens=row.prompt_tokens,
         completion_tokens=row.completion_tokens,
         total_tokens=row.total_tokens,

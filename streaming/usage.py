@@ -37,8 +37,8 @@ class ReportedUsage:
 class StreamAccount:
     """What one request has cost so far: filled in as events pass, recorded once at the end.
 
-    The upstream API's event accounting fills in usage, output and finish; the relay core fills
-    in the outcome.
+    The upstream API's event accounting fills in usage, output, tool calls and finish; the relay
+    core fills in the outcome.
     """
 
     user: AbstractBaseUser
@@ -50,7 +50,10 @@ class StreamAccount:
     usage: ReportedUsage | None = None
     output_chars: int = 0
     first_output_at: float | None = None
-    finished: bool = False
+    # The answer's finish_reason (of its first choice, where there are several); "" until one arrives.
+    finish_reason: str = ""
+    # The tool calls made, each as (choice index, tool-call index).
+    tool_calls: set[tuple[int, int]] = field(default_factory=set)
     request_id: str = ""
     error_message: str = ""
 
@@ -59,6 +62,19 @@ class StreamAccount:
         if self.first_output_at is None:
             self.first_output_at = time.monotonic()
         self.output_chars += len(text)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.finish_reason)
+
+    def finish(self, reason: str, *, choice: int = 0) -> None:
+        """A choice ended with `reason`; the first choice's reason is the answer's."""
+        if not self.finish_reason or choice == 0:
+            self.finish_reason = reason[: UsageLog.FINISH_REASON_MAX_LENGTH]
+
+    def tool_call(self, key: tuple[int, int]) -> None:
+        """A tool-call delta arrived; calls are counted once each, however many deltas they take."""
+        self.tool_calls.add(key)
 
     def fail(self, message: str) -> None:
         self.status = UsageLog.Status.ERROR
@@ -85,6 +101,8 @@ class StreamAccount:
             duration_ms=_ms(ended - self.started),
             upstream_request_id=self.request_id[:200],
             error_message=self.error_message,
+            finish_reason=self.finish_reason,
+            tool_calls=len(self.tool_calls),
         )
 
 

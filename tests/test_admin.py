@@ -58,6 +58,19 @@ def test_changelist_lists_filters_and_searches(staff, rows):
     assert "2 usage logs" in searched
 
 
+def test_changelist_filters_by_finish_reason_and_tool_calls(staff, rows):
+    UsageLog.objects.filter(pk=rows[0].pk).update(finish_reason="tool_calls", tool_calls=2)
+    UsageLog.objects.filter(pk=rows[3].pk).update(finish_reason="stop")
+    page = staff.get("/admin/streaming/usagelog/").content.decode()
+    assert "none (did not end)" in page and "?finish_reason=tool_calls" in page
+
+    assert "1 usage log" in staff.get("/admin/streaming/usagelog/?finish_reason=tool_calls").content.decode()
+    assert "1 usage log" in staff.get("/admin/streaming/usagelog/?finish_reason=stop").content.decode()
+    assert "2 usage logs" in staff.get("/admin/streaming/usagelog/?finish_reason=none").content.decode()
+    assert "1 usage log" in staff.get("/admin/streaming/usagelog/?made_tool_calls=yes").content.decode()
+    assert "3 usage logs" in staff.get("/admin/streaming/usagelog/?made_tool_calls=no").content.decode()
+
+
 def test_rows_are_read_only(staff, rows):
     assert staff.get("/admin/streaming/usagelog/add/").status_code == 403
     change = staff.get(f"/admin/streaming/usagelog/{rows[0].pk}/change/")

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
+import orjson
 import pytest
 
 from streaming.chat_completions import CHAT_COMPLETIONS
 from streaming.errors import ApiError
 from streaming.limits import Admission
 from streaming.models import UsageLog
+from streaming.openai_shapes import ChunkFactory
 from streaming.relay import RelayStream, open_relay
 from streaming.schemas.chat_completions import ChatCompletionRequest
+from streaming.usage import StreamAccount, estimate_tokens
 from streaming.wire import Framing, NDJSONFraming, SSEFraming
-from tests.fake_upstream import Reply
+from tests.fake_upstream import Reply, ScriptedToolCall
 from tests.live_site import MODEL
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -51,6 +55,7 @@ async def test_relays_upstream_chunks_byte_for_byte_as_ndjson(alice, fake_upstre
     assert lines[1].startswith(b'{"id":"chatcmpl-') and b'"delta":{"content":"Once"}' in lines[1]
     row = await UsageLog.objects.aget(user=alice)
     assert (row.status, row.prompt_tokens, row.completion_tokens, row.total_tokens) == ("completed", 5, 3, 8)
+    assert (row.finish_reason, row.tool_calls) == ("stop", 0)
 
 
 async def test_sse_framing_ends_with_done(alice, fake_upstream):
@@ -103,3 +108,87 @@ async def test_cancelling_the_consumer_closes_the_upstream_and_logs_cancelled(al
     assert record.client_closed_at is not None and record.client_closed_at - cancelled_at < 0.5
     row = await UsageLog.objects.aget(user=alice)
     assert row.status == "cancelled" and row.tokens_estimated and row.completion_tokens >= 3
+
+
+WEATHER = ScriptedToolCall(id="call_weather_1", name="get_weather", argument_pieces=('{"city":', ' "Paris', '"}'))
+TIME = ScriptedToolCall(id="call_time_2", name="get_time", argument_pieces=('{"zone":', ' "CET"}'))
+
+
+def tool_call_deltas(chunks: list[dict]) -> list[dict]:
+    return [call for chunk in chunks for choice in chunk["choices"] for call in choice["delta"].get("tool_calls", [])]
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["streamed-calls", "whole-calls"])
+async def test_tool_calls_pass_through_and_are_counted_with_their_finish_reason(alice, fake_upstream, caplog, whole):
+    fake_upstream.will_reply(Reply(pieces=[], tool_calls=[WEATHER, TIME], whole_tool_calls=whole, usage=(30, 12)))
+    with caplog.at_level(logging.INFO, logger="streaming.requests"):
+        body = await collect(await open_chat_stream(alice, NDJSONFraming))
+
+    chunks = [json.loads(line) for line in body.splitlines() if line]
+    deltas = tool_call_deltas(chunks)
+    assert [delta["index"] for delta in deltas] == ([0, 1] if whole else [0, 0, 0, 0, 1, 1, 1])
+    assert [delta["id"] for delta in deltas if "id" in delta] == ["call_weather_1", "call_time_2"]
+    arguments = {0: "", 1: ""}
+    for delta in deltas:
+        arguments[delta["index"]] += delta["function"].get("arguments", "")
+    assert arguments == {0: WEATHER.arguments, 1: TIME.arguments}
+    assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
+
+    row = await UsageLog.objects.aget(user=alice)
+    assert (row.status, row.finish_reason, row.tool_calls) == ("completed", "tool_calls", 2)
+    assert (row.completion_tokens, row.tokens_estimated) == (12, False)
+    line = json.loads(next(r.getMessage() for r in caplog.records if r.name == "streaming.requests"))
+    assert (line["finish_reason"], line["tool_calls"]) == ("tool_calls", 2)
+
+
+async def test_an_estimate_counts_tool_call_names_and_arguments(alice, fake_upstream):
+    fake_upstream.will_reply(Reply(pieces=["Let me check."], tool_calls=[WEATHER], include_usage=False))
+    await collect(await open_chat_stream(alice, NDJSONFraming))
+    row = await UsageLog.objects.aget(user=alice)
+    generated = len("Let me check.") + len(WEATHER.name) + len(WEATHER.arguments)
+    assert row.tokens_estimated and row.completion_tokens == estimate_tokens(generated)
+    assert (row.finish_reason, row.tool_calls) == ("tool_calls", 1)
+
+
+async def test_an_estimate_counts_refusals_and_reasoning(alice):
+    chunks = ChunkFactory(MODEL)
+    account = StreamAccount(user=alice, model=MODEL, estimated_input_tokens=3)
+    reasoning = chunks.content("").replace(b'"content":""', b'"reasoning_content":"Thinking it over."')
+    for chunk in (
+        chunks.role(),
+        reasoning,
+        chunks.refusal("I can't help"),
+        chunks.refusal(" with that."),
+        chunks.finish(),
+    ):
+        assert CHAT_COMPLETIONS.observe(None, orjson.loads(chunk), account) is None
+    row = account.as_usage_log()
+    assert row.tokens_estimated and row.completion_tokens == estimate_tokens(
+        len("Thinking it over.I can't help with that.")
+    )
+    assert (row.finish_reason, row.tool_calls) == ("stop", 0)
+
+
+async def test_a_slow_upstream_is_relayed_behind_keepalives(alice, fake_upstream, settings):
+    settings.CHAT_KEEPALIVE_SECONDS = 0.2
+    fake_upstream.will_reply(Reply(pieces=["late", " answer"], first_delay=0.7))
+    started = time.monotonic()
+    stream = await open_chat_stream(alice, NDJSONFraming)
+    assert time.monotonic() - started < 0.5, "open_relay waited for the upstream past the keepalive interval"
+    parts = [part async for part in stream]
+    assert parts[0] == b"\n"
+    chunks = [json.loads(line) for line in b"".join(parts).splitlines() if line]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "late answer"
+    row = await UsageLog.objects.aget(user=alice)
+    assert row.status == "completed" and row.upstream_request_id.startswith("req_")
+
+
+async def test_without_keepalives_a_slow_upstream_still_gets_its_http_error(alice, fake_upstream, settings):
+    settings.CHAT_KEEPALIVE_SECONDS = 0
+    settings.OPENAI_FIRST_TOKEN_TIMEOUT = 0.5
+    fake_upstream.will_reply(Reply(first_delay=1.0))
+    with pytest.raises(ApiError) as raised:
+        await open_chat_stream(alice, NDJSONFraming)
+    assert (raised.value.status, raised.value.code) == (504, "upstream_timeout")
+    row = await UsageLog.objects.aget(user=alice)
+    assert row.status == "error"

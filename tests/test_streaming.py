@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -9,7 +10,7 @@ import pytest
 
 from streaming.models import UsageLog
 from tests.fake_upstream import Reply
-from tests.live_site import MODEL, OTHER_MODEL, STREAM_URL, TEST_API_KEY
+from tests.live_site import LIVE_KEEPALIVE_SECONDS, MODEL, OTHER_MODEL, STREAM_URL, TEST_API_KEY
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
 
@@ -208,3 +209,134 @@ def test_the_api_key_never_reaches_the_client(site_client, fake_upstream):
         body = response.read().decode()
     assert TEST_API_KEY not in page.text and TEST_API_KEY not in body
     assert fake_upstream.requests[-1].headers["authorization"] == f"Bearer {TEST_API_KEY}"
+
+
+# --- Before the upstream answers -------------------------------------------------------------
+# When the upstream has not sent its status line and headers within CHAT_KEEPALIVE_SECONDS (0.5 s
+# on the live site), the site commits to the stream: a 200 and keepalives, then the upstream's
+# answer, or its failure as the error line.
+
+BODY = {"messages": MESSAGES}
+SSE = {"Accept": "text/event-stream"}
+
+
+def closed_stream_record(fake_upstream, timeout: float = 3.0):
+    """The upstream's record of the last stream, once it has seen the site close the connection."""
+    record = fake_upstream.wait_for_stream(timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while record.client_closed_at is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return record
+
+
+def test_a_slow_upstream_gets_the_client_a_200_and_keepalives_at_once(site_client, fake_upstream, user):
+    fake_upstream.will_reply(Reply(pieces=["Slow", " but", " here"], first_delay=1.6))
+    started = time.monotonic()
+    with site_client.stream("POST", STREAM_URL, json=BODY) as response:
+        headers_at = time.monotonic()
+        assert response.status_code == 200
+        parts = response.iter_bytes()
+        first = next(parts)
+        first_at = time.monotonic()
+        body = first + b"".join(parts)
+
+    assert headers_at - started < LIVE_KEEPALIVE_SECONDS + 0.4, "the client waited for the upstream's headers"
+    assert first.startswith(b"\n") and first_at - started < LIVE_KEEPALIVE_SECONDS + 0.4
+    lines = body.decode().split("\n")
+    chunks = [json.loads(line) for line in lines if line]
+    before_answer = lines[: lines.index(next(line for line in lines if line))]
+    assert len(before_answer) >= 2, "keepalives stopped before the upstream answered"  # 1.6 s at 0.5 s each
+    assert content_of(chunks) == "Slow but here"
+    assert chunks[-1]["usage"]["total_tokens"] == 18
+    row = wait_for_row(user)
+    assert row.status == "completed" and not row.tokens_estimated
+    assert row.upstream_request_id.startswith("req_")
+
+
+def test_a_slow_upstream_in_sse_gets_pings_then_the_answer(site_client, fake_upstream, user):
+    fake_upstream.will_reply(Reply(pieces=["a", "b"], first_delay=1.2))
+    with site_client.stream("POST", STREAM_URL, json=BODY, headers=SSE) as response:
+        assert response.status_code == 200
+        body = response.read().decode()
+    assert body.startswith(": ping\n\n")
+    assert body.endswith("data: [DONE]\n\n")
+    assert wait_for_row(user).status == "completed"
+
+
+@pytest.mark.parametrize(
+    ("reply", "code"),
+    [
+        (
+            Reply(status=429, error_message="Rate limit reached.", error_headers={"Retry-After": "7"}),
+            "upstream_rate_limited",
+        ),
+        (Reply(status=500, error_message="The server had an error."), "upstream_status_500"),
+        (Reply(status=503, error_message="The engine is overloaded."), "upstream_overloaded"),
+    ],
+    ids=["429", "500", "503"],
+)
+def test_an_upstream_refusal_after_the_commit_is_the_error_line(site_client, fake_upstream, user, reply, code):
+    fake_upstream.will_reply(dataclasses.replace(reply, first_delay=1.0))
+    with site_client.stream("POST", STREAM_URL, json=BODY) as response:
+        assert response.status_code == 200
+        lines = list(response.iter_lines())
+
+    assert lines[0] == "", "no keepalive before the upstream's answer"
+    error = json.loads(lines[-1])["error"]
+    assert (error["code"], error["type"]) == (code, "upstream_error")
+    assert error["message"] == f"Upstream: {reply.error_message}"
+    assert all(line == "" for line in lines[:-1])  # keepalives only, then the error
+    row = wait_for_row(user)
+    assert row.status == "error" and row.error_message == error["message"]
+    assert row.finish_reason == "" and row.completion_tokens == 0
+
+
+def test_an_upstream_refusal_after_the_commit_is_an_error_event_in_sse(site_client, fake_upstream, user):
+    fake_upstream.will_reply(Reply(status=429, error_message="Rate limit reached.", first_delay=1.0))
+    with site_client.stream("POST", STREAM_URL, json=BODY, headers=SSE) as response:
+        body = response.read().decode()
+    events = [event for event in body.split("\n\n") if event]
+    assert events[0] == ": ping"
+    assert events[-1].startswith("event: error\ndata: ")
+    assert json.loads(events[-1].split("data: ", 1)[1])["error"]["code"] == "upstream_rate_limited"
+    assert "[DONE]" not in body
+    assert wait_for_row(user).status == "error"
+
+
+def test_an_upstream_that_never_answers_times_out_as_the_error_line(site_client, fake_upstream, user):
+    fake_upstream.will_reply(Reply(first_delay=3.0))
+    started = time.monotonic()
+    with site_client.stream("POST", STREAM_URL, json=BODY) as response:
+        assert response.status_code == 200
+        lines = list(response.iter_lines())
+    ended = time.monotonic()
+
+    error = json.loads(lines[-1])["error"]
+    assert error["code"] == "upstream_timeout"
+    assert error["message"] == "The upstream model did not start answering in time."
+    assert ended - started < 2.8  # OPENAI_FIRST_TOKEN_TIMEOUT is 2 s on the live site; the upstream takes 3
+    assert wait_for_row(user).status == "error"
+    record = closed_stream_record(fake_upstream)
+    assert record.client_closed_at is not None and record.events_sent <= 1
+
+
+def test_a_client_leaving_before_the_upstream_answers_cancels_it(site_client, fake_upstream, user):
+    fake_upstream.will_reply(Reply(pieces=["never", " read"] * 20, first_delay=1.5, delay=0.05))
+    started = time.monotonic()
+    with site_client.stream("POST", STREAM_URL, json=BODY) as response:
+        assert response.status_code == 200
+        assert next(response.iter_bytes()).startswith(b"\n")
+    left_at = time.monotonic()
+    assert left_at - started < 1.2
+
+    row = wait_for_row(user)
+    assert time.monotonic() - started < 1.5, "the usage row waited for the upstream to answer"
+    assert row.status == "cancelled" and row.completion_tokens == 0 and row.finish_reason == ""
+    record = closed_stream_record(fake_upstream)
+    assert record.client_closed_at is not None
+    assert record.events_sent <= 1, "the upstream streamed to a request the site had closed"
+
+    # The upstream connection slot and the stream's admission went back: the next request streams.
+    fake_upstream.will_reply(Reply(pieces=["again"]))
+    with site_client.stream("POST", STREAM_URL, json=BODY) as response:
+        assert content_of([json.loads(line) for line in response.iter_lines() if line]) == "again"
