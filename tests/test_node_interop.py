@@ -17,7 +17,8 @@ import subprocess
 
 import pytest
 
-from tests.fake_upstream import Reply
+from streaming.models import UsageLog
+from tests.fake_upstream import Reply, ScriptedToolCall
 from tests.live_site import BASE_DIR, PASSWORD, skip_or_fail
 
 NODE_DIR = BASE_DIR / "tests" / "node_interop"
@@ -93,3 +94,88 @@ def test_an_error_mid_stream_reaches_the_sdk_as_an_error(live_site, fake_upstrea
     run_node_test(name, live_site, {"pieces": ["one", " two"], "error": "The model crashed mid-answer."})
 
     assert len(fake_upstream.requests) == 1
+
+
+WEATHER_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": description,
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+            "strict": True,
+        },
+    }
+    for name, description in [("get_weather", "The weather in a city."), ("get_local_time", "The time in a city.")]
+]
+WEATHER_CALL = ScriptedToolCall("call_w3ather0001", "get_weather", ('{"ci', 'ty": "Par', 'is"}'))
+TIME_CALL = ScriptedToolCall("call_t1me000002", "get_local_time", ('{"city"', ': "Lyon"', "}"))
+
+
+def tool_request(content: str) -> dict:
+    return {"messages": [{"role": "user", "content": content}], "tools": WEATHER_TOOLS, "tool_choice": "auto"}
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["streamed-in-pieces", "whole-in-one-delta"])
+@pytest.mark.parametrize("calls", [[WEATHER_CALL], [WEATHER_CALL, TIME_CALL]], ids=["one-call", "two-parallel-calls"])
+def test_tool_calls_reassemble_in_the_sdk_as_the_upstream_sent_them(live_site, fake_upstream, user, calls, whole):
+    fake_upstream.will_reply(Reply(pieces=[], tool_calls=calls, whole_tool_calls=whole, delay=0.01))
+    request = tool_request("Weather and time in Paris?")
+    expected = {"request": request, "tool_calls": [call.as_message_tool_call() for call in calls]}
+
+    run_node_test("ndjson: streamed tool calls reassemble with their ids, names and arguments", live_site, expected)
+
+    sent = fake_upstream.requests[-1].json()
+    assert sent["tools"] == WEATHER_TOOLS and sent["tool_choice"] == "auto"
+    row = UsageLog.objects.get(user=user)
+    assert row.status == "completed"
+
+
+def test_a_tool_call_loop_sends_the_tool_result_back_and_gets_the_final_answer(live_site, fake_upstream, user):
+    final = ["It is ", "14:05", " in Lyon."]
+    fake_upstream.will_reply(Reply(pieces=[], tool_calls=[TIME_CALL]), Reply(pieces=final))
+    request = tool_request("What time is it in Lyon?")
+
+    run_node_test(
+        "ndjson: a tool-call loop runs the tool and ends in the final answer",
+        live_site,
+        {"request": request, "final_text": "".join(final)},
+    )
+
+    assert len(fake_upstream.requests) == 2
+    assistant, tool = fake_upstream.requests[1].json()["messages"][-2:]
+    assert assistant["tool_calls"] == [TIME_CALL.as_message_tool_call()]
+    assert tool == {"role": "tool", "tool_call_id": TIME_CALL.id, "content": '{"city":"Lyon","time":"14:05"}'}
+    assert UsageLog.objects.filter(user=user, status="completed").count() == 2
+
+
+def test_a_structured_output_answer_parses_as_json(live_site, fake_upstream, user):
+    document = {"city": "Paris", "temperature_c": 21.5, "sunny": True}
+    text = json.dumps(document)
+    fake_upstream.will_reply(Reply(pieces=[text[:10], text[10:25], text[25:]]))
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "temperature_c": {"type": "number"}, "sunny": {"type": "boolean"}},
+        "required": ["city", "temperature_c", "sunny"],
+        "additionalProperties": False,
+    }
+    request = {
+        "messages": [{"role": "user", "content": "Weather in Paris as JSON."}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "weather", "schema": schema, "strict": True},
+        },
+    }
+
+    run_node_test(
+        "ndjson: a structured-output answer parses as the JSON the upstream sent",
+        live_site,
+        {"request": request, "json": document},
+    )
+
+    assert fake_upstream.requests[-1].json()["response_format"] == request["response_format"]

@@ -5,6 +5,7 @@
 //   CHATPROXY_URL, CHATPROXY_USERNAME, CHATPROXY_PASSWORD  the site and an account on it
 //   CHATPROXY_EXPECTED  JSON: {"pieces": [...], "usage": {...}, "min_spread_ms": n}
 //                       or {"pieces": [...before the error], "error": "message"}
+//                       or {"request": {...the body to send}, "tool_calls": [...as reassembled], ...}
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -69,7 +70,7 @@ async function logIn() {
   return jar;
 }
 
-async function postChat(jar, accept) {
+async function postChat(jar, accept, body = { messages: [{ role: "user", content: "Say hello." }] }) {
   const response = await fetch(`${SITE}/api/chat/stream`, {
     method: "POST",
     headers: {
@@ -78,7 +79,7 @@ async function postChat(jar, accept) {
       "X-CSRFToken": jar.get("csrftoken"),
       Cookie: jar.header(),
     },
-    body: JSON.stringify({ messages: [{ role: "user", content: "Say hello." }] }),
+    body: JSON.stringify(body),
   });
   assert.equal(response.status, 200, `the site answered ${response.status}: ${response.ok ? "" : await response.text()}`);
   return response;
@@ -164,4 +165,57 @@ test("sse: an error event mid-stream throws an APIError from the Stream", async 
     },
   );
   assert.deepEqual(deltas, EXPECTED.pieces);
+});
+
+/** Read a tool-call answer: the final completion and every `tool_calls.function.arguments.done` event. */
+async function readToolCalls(response) {
+  const runner = ChatCompletionStream.fromReadableStream(response.body);
+  const done = [];
+  runner.on("tool_calls.function.arguments.done", ({ name, index, arguments: args }) =>
+    done.push({ name, index, arguments: JSON.parse(args) }),
+  );
+  const completion = await runner.finalChatCompletion();
+  return { completion, done };
+}
+
+function assertToolCallsAsExpected({ completion, done }) {
+  const [choice] = completion.choices;
+  assert.equal(choice.finish_reason, "tool_calls");
+  assert.deepEqual(choice.message.tool_calls, EXPECTED.tool_calls);
+  assert.deepEqual(
+    done,
+    EXPECTED.tool_calls.map((call, index) => ({ name: call.function.name, index, arguments: JSON.parse(call.function.arguments) })),
+  );
+}
+
+test("ndjson: streamed tool calls reassemble with their ids, names and arguments", async () => {
+  const response = await postChat(await logIn(), "application/x-ndjson", EXPECTED.request);
+  assertToolCallsAsExpected(await readToolCalls(response));
+});
+
+test("ndjson: a tool-call loop runs the tool and ends in the final answer", async () => {
+  const jar = await logIn();
+  const { completion } = await readToolCalls(await postChat(jar, "application/x-ndjson", EXPECTED.request));
+  const { content, tool_calls } = completion.choices[0].message;
+  const [call] = tool_calls;
+  assert.equal(call.function.name, "get_local_time");
+  const result = { city: JSON.parse(call.function.arguments).city, time: "14:05" };
+
+  const followUp = {
+    ...EXPECTED.request,
+    messages: [
+      ...EXPECTED.request.messages,
+      { role: "assistant", content, tool_calls },
+      { role: "tool", tool_call_id: call.id, content: JSON.stringify(result) },
+    ],
+  };
+  const answer = await readAnswer(ChatCompletionStream.fromReadableStream((await postChat(jar, "application/x-ndjson", followUp)).body));
+  assert.equal(answer.completion.choices[0].message.content, EXPECTED.final_text);
+  assert.equal(answer.completion.choices[0].finish_reason, "stop");
+});
+
+test("ndjson: a structured-output answer parses as the JSON the upstream sent", async () => {
+  const response = await postChat(await logIn(), "application/x-ndjson", EXPECTED.request);
+  const { completion } = await readAnswer(ChatCompletionStream.fromReadableStream(response.body));
+  assert.deepEqual(JSON.parse(completion.choices[0].message.content), EXPECTED.json);
 });
