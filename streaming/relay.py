@@ -97,11 +97,13 @@ async def open_relay(
     try:
         await cleanup.enter_async_context(upstream.connection())
         opening = asyncio.create_task(
-            _open_upstream(api, upstream.client, _upstream_params(request, user), cleanup, first_token_deadline)
+            _open_upstream(
+                api, upstream.client, _upstream_params(request, user), account, cleanup, first_token_deadline
+            )
         )
         await asyncio.wait({opening}, timeout=app_settings.CHAT_KEEPALIVE_SECONDS or None)
         if opening.done():
-            account.request_id = opening.result().request_id or ""
+            opening.result()  # a failure to answer raises here, before the stream commits
         else:  # not answered yet: commit to the stream, whose pump takes over the opening
             cleanup.push_async_callback(_stop, opening)
     except BaseException as exc:
@@ -126,11 +128,18 @@ async def open_relay(
 
 
 async def _open_upstream(
-    api: UpstreamApi, client: AsyncOpenAI, params: dict[str, Any], cleanup: AsyncExitStack, deadline: float
+    api: UpstreamApi,
+    client: AsyncOpenAI,
+    params: dict[str, Any],
+    account: StreamAccount,
+    cleanup: AsyncExitStack,
+    deadline: float,
 ) -> AsyncAPIResponse:
-    """The upstream's answer (its status and headers), its closing owned by `cleanup`."""
+    """The upstream's answer (its status and headers), noted on the account, its closing owned by `cleanup`."""
     async with asyncio.timeout(deadline - time.monotonic()):
-        return await cleanup.enter_async_context(api.open(client, params))
+        response = await cleanup.enter_async_context(api.open(client, params))
+    account.request_id = response.request_id or ""
+    return response
 
 
 def _upstream_params(request: ApiRequest, user: AbstractBaseUser) -> dict[str, Any]:
@@ -227,9 +236,7 @@ class RelayStream:
     async def _pump(self) -> None:
         try:
             response = await self._opening
-            if not self._answered:
-                self._account.request_id = response.request_id or ""
-                self._answered = True
+            self._answered = True
             async for data in response.http_response.aiter_bytes():
                 self._inbox.append(data)
                 self._wake()
