@@ -111,10 +111,10 @@ async def open_relay(
             await _stop(opening)
         if not isinstance(exc, Exception):
             account.status = UsageLog.Status.CANCELLED
-            await cleanup.aclose()
+            await close_despite_cancellation(cleanup)
             raise
         failure = _opening_failure(exc, account)
-        await cleanup.aclose()
+        await close_despite_cancellation(cleanup)
         raise failure from exc
     return RelayStream(
         opening=opening,
@@ -228,10 +228,11 @@ class RelayStream:
                     yield end
                 await asyncio.wait({pump}, timeout=DRAIN_SECONDS)
         except (asyncio.CancelledError, GeneratorExit):
-            account.status = UsageLog.Status.CANCELLED
+            if account.status != UsageLog.Status.COMPLETED:  # not a client leaving once the answer was whole
+                account.status = UsageLog.Status.CANCELLED
             raise
         finally:
-            await self._cleanup.aclose()
+            await close_despite_cancellation(self._cleanup)
 
     async def _pump(self) -> None:
         try:
@@ -320,6 +321,26 @@ class RelayStream:
             data = event.data if b"\n" not in event.data else orjson.dumps(payload)
             framed.append(self._framing.chunk(data, event.event))
         return b"".join(framed)
+
+
+_closing: set[asyncio.Future[None]] = set()
+
+
+async def close_despite_cancellation(cleanup: AsyncExitStack) -> None:
+    """Unwind `cleanup` to the end even if the request is cancelled meanwhile.
+
+    A client that closes the connection the moment it has read `[DONE]` (the openai SDKs do) makes
+    Django cancel the response task while it may be unwinding here; cut short, the request would
+    keep its concurrency slot and leave no usage row. The cancellation is raised once it is done.
+    """
+    closing = asyncio.ensure_future(cleanup.aclose())
+    _closing.add(closing)  # the loop holds tasks weakly: keep it to the end even if this waiter goes
+    closing.add_done_callback(_closing.discard)
+    try:
+        await asyncio.shield(closing)
+    except asyncio.CancelledError:
+        await asyncio.shield(closing)
+        raise
 
 
 async def _stop(task: asyncio.Task[Any]) -> None:

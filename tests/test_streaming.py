@@ -10,7 +10,14 @@ import pytest
 
 from streaming.models import UsageLog
 from tests.fake_upstream import Reply
-from tests.live_site import LIVE_KEEPALIVE_SECONDS, MODEL, OTHER_MODEL, STREAM_URL, TEST_API_KEY
+from tests.live_site import (
+    LIVE_CONCURRENT_STREAMS,
+    LIVE_KEEPALIVE_SECONDS,
+    MODEL,
+    OTHER_MODEL,
+    STREAM_URL,
+    TEST_API_KEY,
+)
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
 
@@ -201,6 +208,26 @@ def test_client_disconnect_closes_the_upstream_and_logs_cancelled(site_client, f
     assert record.client_closed_at - aborted_at < 1.0
     assert record.events_sent < 20, "the upstream kept streaming after the client left"
     assert row.tokens_estimated and row.completion_tokens >= 3
+
+
+def test_a_client_that_hangs_up_at_done_leaves_a_completed_row_and_frees_its_slot(site_client, fake_upstream, user):
+    """The openai SDKs close the connection the moment they read `[DONE]`; Django then cancels the
+    response task, perhaps while it is writing the usage row. Every such request must still be
+    recorded, as completed, and give back its concurrency slot."""
+    streams = LIVE_CONCURRENT_STREAMS * 3
+    fake_upstream.will_reply(*[Reply(pieces=["Hi", "!"]) for _ in range(streams)])
+    for _ in range(streams):
+        with site_client.stream(
+            "POST", STREAM_URL, json={"messages": MESSAGES}, headers={"Accept": "text/event-stream"}
+        ) as response:
+            assert response.status_code == 200, response.read()
+            for line in response.iter_lines():
+                if line == "data: [DONE]":
+                    break
+    deadline = time.monotonic() + 5
+    while UsageLog.objects.filter(user=user).count() < streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(UsageLog.objects.filter(user=user).values_list("status", flat=True)) == ["completed"] * streams
 
 
 def test_the_api_key_never_reaches_the_client(site_client, fake_upstream):
