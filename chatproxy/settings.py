@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 import environ
+from corsheaders.defaults import default_headers as cors_default_headers
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -44,6 +45,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "corsheaders",
     "streaming",
 ]
 
@@ -51,6 +53,7 @@ INSTALLED_APPS = [
 # from chatproxy.middleware run their hooks on the event loop instead (see that module). Security,
 # CSRF and clickjacking stay Django's own classes: the deploy checks look for them by name.
 MIDDLEWARE = [
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "chatproxy.middleware.SessionMiddleware",
     "chatproxy.middleware.CommonMiddleware",
@@ -225,3 +228,28 @@ CHAT_REQUESTS_PER_MINUTE = env.int("CHAT_REQUESTS_PER_MINUTE", default=20)
 CHAT_CONCURRENT_STREAMS = env.int("CHAT_CONCURRENT_STREAMS", default=2)
 CHAT_DAILY_TOKEN_BUDGET = env.int("CHAT_DAILY_TOKEN_BUDGET", default=200_000)
 CHAT_MONTHLY_TOKEN_BUDGET = env.int("CHAT_MONTHLY_TOKEN_BUDGET", default=2_000_000)
+
+# Personal API keys for /v1: only holders of the streaming.use_api_keys permission when true.
+CHAT_API_KEYS_REQUIRE_PERMISSION = env.bool("CHAT_API_KEYS_REQUIRE_PERMISSION", default=False)
+CHAT_MAX_API_KEYS_PER_USER = env.int("CHAT_MAX_API_KEYS_PER_USER", default=20)
+
+# Browser pages on these origins (scheme://host[:port]) may call /v1 with a key (django-cors-headers);
+# none by default, so no CORS headers are sent. The page's own API is same-origin only.
+CORS_ALLOWED_ORIGINS = env.list("CHAT_API_CORS_ORIGINS", default=[])
+CORS_URLS_REGEX = r"^/v1/.*$"
+# The openai SDKs send these with every request; a browser asks before it lets them through.
+CORS_ALLOW_HEADERS = (
+    *cors_default_headers,
+    "openai-organization",
+    "openai-project",
+    "x-stainless-arch",
+    "x-stainless-helper-method",
+    "x-stainless-lang",
+    "x-stainless-os",
+    "x-stainless-package-version",
+    "x-stainless-retry-count",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-timeout",
+)
+CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after"]

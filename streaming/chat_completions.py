@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, cast
 
 import openai
 from openai import AsyncOpenAI
 from openai._response import AsyncAPIResponse, AsyncResponseContextManager
-from openai.types.chat import ChatCompletionStreamOptionsParam
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletionChunk, ChatCompletionStreamOptionsParam
 
 from .errors import ApiError, upstream_error
+from .schemas.chat_completions import ChatCompletionRequest
 from .usage import ReportedUsage, StreamAccount
 from .wire import SSE_DONE
 
 
 class ChatCompletionsApi:
-    """`POST /chat/completions` with `stream: true`: chunks, a usage chunk, then `data: [DONE]`."""
+    """`POST /chat/completions` with `stream: true`: chunks, a usage chunk, then `data: [DONE]`.
+
+    The relay always asks the upstream for the usage chunk. With `usage_if_asked` the client gets it
+    only if it asked (`stream_options.include_usage`), as from OpenAI; the page's API always sends it.
+    """
 
     sse_terminator = SSE_DONE
+
+    def __init__(self, *, usage_if_asked: bool) -> None:
+        self.usage_if_asked = usage_if_asked
 
     def open(self, client: AsyncOpenAI, params: dict[str, Any]) -> AsyncResponseContextManager[AsyncAPIResponse]:
         """The SDK's raw streaming request; the SDK keeps authentication, retries and HTTP errors."""
@@ -68,8 +78,34 @@ class ChatCompletionsApi:
         """A failure after the stream began: one `{"error": {...}}` object, which both SDKs raise."""
         return error.as_dict()
 
+    def forwards(self, payload: dict[str, Any], request: ChatCompletionRequest) -> bool:
+        if not self.usage_if_asked or payload.get("choices") or not payload.get("usage"):
+            return True
+        return request.include_usage
 
-CHAT_COMPLETIONS = ChatCompletionsApi()
+
+def assemble_chat_completion(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """The `chat.completion` object that a stream of chunks adds up to (what `stream: false` returns).
+
+    The openai SDK's own accumulator joins content, refusals, tool-call arguments and logprobs by
+    choice and index; the fields it adds for its parse helpers are left out.
+    """
+    state = ChatCompletionStreamState()
+    for chunk in chunks:
+        state.handle_chunk(ChatCompletionChunk.construct(**chunk))
+    completion = state.get_final_completion().model_dump(mode="json", exclude_unset=True)
+    for choice in completion.get("choices") or ():
+        message = choice.get("message") or {}
+        message.pop("parsed", None)
+        for call in message.get("tool_calls") or ():
+            call.pop("index", None)
+            (call.get("function") or {}).pop("parsed_arguments", None)
+    return completion
+
+
+# The page's API, and OpenAI's own (`/v1`).
+CHAT_COMPLETIONS = ChatCompletionsApi(usage_if_asked=False)
+OPENAI_CHAT_COMPLETIONS = ChatCompletionsApi(usage_if_asked=True)
 
 
 def _account_tool_calls(choice: int, tool_calls: object, account: StreamAccount) -> None:

@@ -65,6 +65,11 @@ class AppSettings:
     CHAT_DAILY_TOKEN_BUDGET: int = 200_000
     CHAT_MONTHLY_TOKEN_BUDGET: int = 2_000_000
 
+    # Personal API keys for `/v1`: reserved to users with the `streaming.use_api_keys` permission
+    # when True (else every active user may have them), and at most this many live keys a user.
+    CHAT_API_KEYS_REQUIRE_PERMISSION: bool = False
+    CHAT_MAX_API_KEYS_PER_USER: int = 20
+
     def __getattribute__(self, name: str) -> Any:
         if name.isupper() and hasattr(settings, name):
             return getattr(settings, name)

@@ -19,8 +19,11 @@ from .conf import app_settings
 # OpenAI echoes a masked key in its 401 message ("Incorrect API key provided: sk-abc***xyz");
 # even a fragment of the key stays on the server.
 _KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_\-*.]+")
+# This site's own personal API keys (streaming.api_keys), should one ever reach an error message.
+_OWN_KEY_LIKE = re.compile(r"\bchp_[0-9a-f]{8}_[A-Za-z0-9_\-]+")
 
 INVALID_REQUEST = "invalid_request_error"
+AUTHENTICATION = "authentication_error"
 UPSTREAM = "upstream_error"
 
 
@@ -102,8 +105,47 @@ def internal_error() -> ApiError:
 
 
 def not_authenticated() -> ApiError:
+    return ApiError(status=401, message="Log in to use the chat API.", type=AUTHENTICATION, code="not_authenticated")
+
+
+def api_key_missing() -> ApiError:
     return ApiError(
-        status=401, message="Log in to use the chat API.", type="authentication_error", code="not_authenticated"
+        status=401,
+        message="Send an API key as 'Authorization: Bearer <key>'; create one on the site's API keys page.",
+        type=AUTHENTICATION,
+        code="missing_api_key",
+    )
+
+
+def api_key_invalid() -> ApiError:
+    """A malformed or unknown key; the message never repeats it."""
+    return ApiError(status=401, message="Incorrect API key provided.", type=AUTHENTICATION, code="invalid_api_key")
+
+
+def api_key_refused(*, reason: str, code: str) -> ApiError:
+    """A key that matched but may not be used (revoked, expired, its account inactive)."""
+    return ApiError(status=401, message=reason, type=AUTHENTICATION, code=code)
+
+
+def api_key_not_permitted() -> ApiError:
+    return ApiError(
+        status=403,
+        message="This account may not use API keys on this site.",
+        type="permission_error",
+        code="api_keys_not_permitted",
+    )
+
+
+def model_not_found(*, model: str) -> ApiError:
+    return invalid_request(
+        f"The model '{model}' does not exist or you do not have access to it.", code="model_not_found", status=404
+    )
+
+
+def stream_required(*, instead: str) -> ApiError:
+    return invalid_request(
+        f"This endpoint always streams: send 'stream': true or leave it out (for one JSON answer use {instead}).",
+        code="stream_required",
     )
 
 
@@ -150,7 +192,7 @@ def redact_secrets(text: str) -> str:
     key = app_settings.OPENAI_API_KEY
     if key:
         text = text.replace(key, "[redacted]")
-    return _KEY_LIKE.sub("sk-[redacted]", text)
+    return _OWN_KEY_LIKE.sub("chp_[redacted]", _KEY_LIKE.sub("sk-[redacted]", text))
 
 
 def _upstream_message(exc: openai.APIError) -> str:

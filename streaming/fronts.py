@@ -13,8 +13,10 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
+from .api_keys import authenticate_api_key
 from .conf import app_settings
-from .errors import body_too_large, csrf_failed, not_authenticated
+from .errors import api_key_missing, body_too_large, csrf_failed, not_authenticated
+from .models import ApiKey
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,8 @@ class Caller:
     """Who a request acts for: its limits, budgets and usage rows are this user's."""
 
     user: AbstractBaseUser
+    # The personal API key the request presented; None for the page's session.
+    api_key: ApiKey | None = None
 
 
 class _CsrfCheck(CsrfViewMiddleware):
@@ -66,3 +70,16 @@ def request_body(request: HttpRequest) -> bytes:
     if len(body) > limit:
         raise body_too_large(limit=limit)
     return body
+
+
+def bearer_key_front(request: HttpRequest) -> Caller:
+    """`/v1`: a personal API key as `Authorization: Bearer <key>`, and nothing else.
+
+    A session cookie counts for nothing here, so no other site's page can drive `/v1` with a
+    visitor's cookies, and `/v1` needs no CSRF token.
+    """
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise api_key_missing()
+    key = authenticate_api_key(presented.strip())
+    return Caller(user=key.user, api_key=key)

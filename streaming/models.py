@@ -1,5 +1,49 @@
+from datetime import datetime
+
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
+
+
+class ApiKey(models.Model):
+    """A user's personal key to the OpenAI-compatible `/v1` API; the secret itself is never stored.
+
+    The key reads `chp_<prefix>_<secret>`: the prefix is public (shown in lists, used to find the
+    row), the secret is 256 random bits kept only as a salted SHA-256 (see `streaming.api_keys`).
+    """
+
+    PREFIX_LENGTH = 8
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=PREFIX_LENGTH, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=128, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="Updated at most about once a minute."
+    )
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: the key does not expire.")
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+        permissions = [("use_api_keys", "Can create and use personal API keys (when CHAT_API_KEYS_REQUIRE_PERMISSION)")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.public_id})"
+
+    @property
+    def public_id(self) -> str:
+        """What identifies the key in lists and logs without revealing it: `chp_<prefix>`."""
+        return f"chp_{self.prefix}"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self, now: datetime | None = None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
 
 
 class UsageLog(models.Model):
@@ -36,6 +80,14 @@ class UsageLog(models.Model):
         "empty when it did not end (an error, a cancellation).",
     )
     tool_calls = models.PositiveIntegerField(default=0, help_text="How many tool calls the answer made.")
+    api_key = models.ForeignKey(
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="usage_logs",
+        help_text="The personal API key that made the request; empty for the chat page.",
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -37,11 +37,12 @@ from .errors import (
     upstream_incomplete,
     upstream_malformed,
 )
+from .fronts import Caller
 from .limits import SLOT_REFRESH_SECONDS, Admission
 from .models import UsageLog
 from .upstream import get_upstream, upstream_user_id
 from .usage import StreamAccount, record_usage
-from .wire import DONE, Framing, SSEDecoder, SSEEvent
+from .wire import DONE, Framing, NDJSONFraming, SSEDecoder, SSEEvent
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +78,13 @@ class UpstreamApi(Protocol):
         """A failure after the stream began, as an event in this API's shape."""
         ...
 
+    def forwards(self, payload: dict[str, Any], request: Any) -> bool:
+        """Whether the client gets this (accounted-for) event: all but what it did not ask for."""
+        ...
+
 
 async def open_relay(
-    *, api: UpstreamApi, request: ApiRequest, user: AbstractBaseUser, framing: Framing, admission: Admission
+    *, api: UpstreamApi, request: ApiRequest, caller: Caller, framing: Framing, admission: Admission
 ) -> RelayStream:
     """Start the upstream request and the stream that relays it.
 
@@ -87,7 +92,13 @@ async def open_relay(
     status), unless the upstream has not answered within the keepalive interval: then the stream
     starts anyway (200, keepalives) and such a failure arrives as its error line instead.
     """
-    account = StreamAccount(user=user, model=request.model, estimated_input_tokens=request.estimated_input_tokens())
+    user = caller.user
+    account = StreamAccount(
+        user=user,
+        api_key=caller.api_key,
+        model=request.model,
+        estimated_input_tokens=request.estimated_input_tokens(),
+    )
     upstream = get_upstream()
     # Unwound in reverse when the request ends, however it ends: the response, its connection, the usage row.
     cleanup = AsyncExitStack()
@@ -119,6 +130,7 @@ async def open_relay(
     return RelayStream(
         opening=opening,
         api=api,
+        request=request,
         framing=framing,
         account=account,
         admission=admission,
@@ -180,6 +192,7 @@ class RelayStream:
         *,
         opening: asyncio.Task[AsyncAPIResponse],
         api: UpstreamApi,
+        request: ApiRequest,
         framing: Framing,
         account: StreamAccount,
         admission: Admission,
@@ -189,6 +202,7 @@ class RelayStream:
         self._opening = opening
         self._answered = opening.done()
         self._api = api
+        self._request = request
         self._framing = framing
         self._account = account
         self._admission = admission
@@ -205,6 +219,11 @@ class RelayStream:
     @property
     def content_type(self) -> str:
         return self._framing.content_type
+
+    @property
+    def failure(self) -> ApiError | None:
+        """Once the stream has been iterated: the error that ended it, or None if the answer completed."""
+        return self._failure
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         account = self._account
@@ -233,6 +252,15 @@ class RelayStream:
             raise
         finally:
             await close_despite_cancellation(self._cleanup)
+
+    async def collect(self) -> list[dict[str, Any]]:
+        """The whole answer's events, for a client that wants it as one object; or the ApiError that
+        ended it. The stream must have been opened with NDJSON framing (one event a line)."""
+        assert self._framing is NDJSONFraming
+        lines = [out async for out in self]
+        if self._failure is not None:
+            raise self._failure
+        return [orjson.loads(line) for line in b"".join(lines).split(b"\n") if line]
 
     async def _pump(self) -> None:
         try:
@@ -318,6 +346,8 @@ class RelayStream:
             self._failure = self._api.observe(event.event, payload, self._account)
             if self._failure is not None:
                 break
+            if not self._api.forwards(payload, self._request):
+                continue
             data = event.data if b"\n" not in event.data else orjson.dumps(payload)
             framed.append(self._framing.chunk(data, event.event))
         return b"".join(framed)

@@ -16,6 +16,7 @@ def log_usage(row: UsageLog) -> None:
     """The line of a request that reached the upstream, from its usage row."""
     _log(
         user_id=row.user_id,
+        api_key_id=row.api_key_id,
         model=row.model,
         status=row.status,
         finish_reason=row.finish_reason,
@@ -30,9 +31,9 @@ def log_usage(row: UsageLog) -> None:
     )
 
 
-def log_refusal(*, user_id: int, error: ApiError) -> None:
+def log_refusal(*, user_id: int, error: ApiError, api_key_id: int | None = None) -> None:
     """The line of a request refused before it reached the upstream."""
-    _log(user_id=user_id, status="refused", http_status=error.status, code=error.code)
+    _log(user_id=user_id, api_key_id=api_key_id, status="refused", http_status=error.status, code=error.code)
 
 
 def _log(**fields: object) -> None:

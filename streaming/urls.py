@@ -1,15 +1,21 @@
 """The app's URLs; a site mounts them with `path("", include("streaming.urls"))` (or under a prefix).
 
-Names are in the "streaming" namespace: `streaming:chat` (the chat page), `streaming:chat-stream`.
+Names are in the "streaming" namespace: `streaming:chat` (the chat page), `streaming:chat-stream`,
+`streaming:api-keys` (the user's keys), and `streaming:v1-*` for OpenAI's API under `v1/`.
 """
 
-from django.urls import path
+from django.urls import path, re_path
 
-from . import views
+from . import v1_views, views
 
 app_name = "streaming"
 
 urlpatterns = [
     path("", views.chat_page, name="chat"),
     path("api/chat/stream", views.chat_stream, name="chat-stream"),
+    # OpenAI's API, for SDKs and tools with a personal API key (base_url: the site's /v1).
+    path("v1/chat/completions", v1_views.chat_completions, name="v1-chat-completions"),
+    path("v1/models", v1_views.models, name="v1-models"),
+    path("v1/models/<path:model_id>", v1_views.model, name="v1-model"),
+    re_path(r"^v1(?:/(?P<path>.*))?$", v1_views.unknown_endpoint),
 ]

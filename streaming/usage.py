@@ -11,8 +11,9 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.utils import timezone
 
+from .api_keys import note_key_used
 from .limits import Admission, count_tokens
-from .models import UsageLog
+from .models import ApiKey, UsageLog
 from .request_log import log_usage
 
 # Per-message overhead of the chat format, as OpenAI counts it.
@@ -44,6 +45,7 @@ class StreamAccount:
     user: AbstractBaseUser
     model: str
     estimated_input_tokens: int
+    api_key: ApiKey | None = None
     started: float = field(default_factory=time.monotonic)
     created_at: datetime = field(default_factory=timezone.now)
     status: str = UsageLog.Status.ERROR
@@ -90,6 +92,7 @@ class StreamAccount:
         ended = time.monotonic()
         return UsageLog(
             user_id=self.user.pk,
+            api_key=self.api_key,
             created_at=self.created_at,
             model=self.model,
             status=self.status,
@@ -111,11 +114,14 @@ def _ms(seconds: float) -> int:
 
 
 def save_usage(account: StreamAccount, admission: Admission) -> UsageLog:
-    """Write the usage row, count its tokens and free the concurrency slot (which is freed whatever happens)."""
+    """Write the usage row, count its tokens, note the key's use, and free the concurrency slot
+    (which is freed whatever happens)."""
     try:
         row = account.as_usage_log()
         row.save(force_insert=True)
         count_tokens(row.user_id, row.total_tokens, row.created_at)
+        if account.api_key is not None:
+            note_key_used(account.api_key, now=row.created_at)
         return row
     finally:
         admission.release()

@@ -19,15 +19,16 @@ from django.views.decorators.csrf import csrf_exempt
 
 from .chat_completions import CHAT_COMPLETIONS
 from .conf import app_settings
-from .errors import ApiError, error_response, internal_error, method_not_allowed, not_found
+from .errors import ApiError, error_response, internal_error, method_not_allowed, not_found, stream_required
 from .fronts import Caller, request_body, session_front
 from .limits import Admission, admit
-from .relay import RelayStream, open_relay
+from .relay import ApiRequest, RelayStream, UpstreamApi, open_relay
 from .request_log import log_refusal
-from .schemas.chat_completions import parse_chat_completion_request
-from .wire import framing_for
+from .schemas.chat_completions import ChatCompletionRequest, parse_chat_completion_request
+from .wire import Framing, framing_for
 
 RequestT = TypeVar("RequestT")
+ApiRequestT = TypeVar("ApiRequestT", bound=ApiRequest)
 
 logger = logging.getLogger(__name__)
 
@@ -56,21 +57,24 @@ def chat_page(request: HttpRequest) -> HttpResponse:
 async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     """Relay one streaming chat completion to a logged-in user of the page."""
     if request.method != "POST":
-        return _method_not_allowed("POST")
-    accepted = await sync_to_async(accept_request)(request, front=session_front, parse=parse_chat_completion_request)
-    if isinstance(accepted, ApiError):
-        return error_response(accepted)
-    try:
-        stream = await open_relay(
-            api=CHAT_COMPLETIONS,
-            request=accepted.request,
-            user=accepted.caller.user,
-            framing=framing_for(request.headers.get("Accept", "")),
-            admission=accepted.admission,
-        )
-    except ApiError as error:  # logged with its usage row
-        return error_response(error)
-    return _streaming_response(stream)
+        return method_not_allowed_response("POST")
+    opened = await accept_and_open(
+        request,
+        front=session_front,
+        parse=parse_page_request,
+        api=CHAT_COMPLETIONS,
+        framing=lambda _: framing_for(request.headers.get("Accept", "")),
+    )
+    if isinstance(opened, ApiError):
+        return error_response(opened)
+    return streaming_response(opened[1])
+
+
+def parse_page_request(body: bytes) -> ChatCompletionRequest:
+    chat = parse_chat_completion_request(body)
+    if not chat.stream:
+        raise stream_required(instead="/v1/chat/completions")
+    return chat
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,32 @@ class Accepted(Generic[RequestT]):
     caller: Caller
     request: RequestT
     admission: Admission
+
+
+async def accept_and_open(
+    request: HttpRequest,
+    *,
+    front: Callable[[HttpRequest], Caller],
+    parse: Callable[[bytes], ApiRequestT],
+    api: UpstreamApi,
+    framing: Callable[[ApiRequestT], Framing],
+) -> tuple[ApiRequestT, RelayStream] | ApiError:
+    """Who asks and what (the front, validation and admission), then the upstream's stream opened
+    for it; or the error refusing the request (logged, with its usage row if it reached the upstream)."""
+    accepted = await sync_to_async(accept_request)(request, front=front, parse=parse)
+    if isinstance(accepted, ApiError):
+        return accepted
+    try:
+        stream = await open_relay(
+            api=api,
+            request=accepted.request,
+            caller=accepted.caller,
+            framing=framing(accepted.request),
+            admission=accepted.admission,
+        )
+    except ApiError as error:
+        return error
+    return accepted.request, stream
 
 
 def accept_request(
@@ -96,7 +126,7 @@ def accept_request(
         try:
             return Accepted(caller=caller, request=parse(request_body(request)), admission=admit(caller.user))
         except ApiError as error:
-            log_refusal(user_id=caller.user.pk, error=error)
+            log_refusal(user_id=caller.user.pk, api_key_id=caller.api_key.pk if caller.api_key else None, error=error)
             return error
     except ApiError as error:
         return error
@@ -104,14 +134,14 @@ def accept_request(
         close_old_connections()
 
 
-def _streaming_response(stream: RelayStream) -> StreamingHttpResponse:
+def streaming_response(stream: RelayStream) -> StreamingHttpResponse:
     response = StreamingHttpResponse(stream, content_type=stream.content_type)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
 
 
-def _method_not_allowed(allowed: str) -> JsonResponse:
+def method_not_allowed_response(allowed: str) -> JsonResponse:
     response = error_response(method_not_allowed(allowed=allowed))
     response["Allow"] = allowed
     return response

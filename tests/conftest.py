@@ -7,6 +7,7 @@ import pytest
 from django.conf import settings as django_settings
 from django.core.cache import cache
 
+from streaming.api_keys import create_api_key
 from tests.fake_upstream import FakeUpstream
 from tests.live_site import (
     CHROMIUM,
@@ -17,6 +18,7 @@ from tests.live_site import (
     PASSWORD,
     TEST_API_KEY,
     LiveSite,
+    free_port,
     live_site_environment,
     logged_in_client,
     skip_or_fail,
@@ -83,6 +85,30 @@ def live_site(django_db_setup, fake_upstream_server, tmp_path_factory) -> Iterat
 
 
 @pytest.fixture(scope="session")
+def cors_origin() -> str:
+    """A browser origin (a port on localhost) that `cors_site` lets call its /v1."""
+    return f"http://localhost:{free_port()}"
+
+
+@pytest.fixture(scope="session")
+def cors_site(django_db_setup, fake_upstream_server, tmp_path_factory, cors_origin) -> Iterator[LiveSite]:
+    """The site with CHAT_API_CORS_ORIGINS listing `cors_origin`."""
+    site = LiveSite(
+        tmp_path_factory.mktemp("cors-site") / "daphne.log",
+        live_site_environment(
+            "chatproxy-cors-site",
+            OPENAI_API_KEY=TEST_API_KEY,
+            OPENAI_BASE_URL=fake_upstream_server.base_url,
+            CHAT_DEFAULT_MODEL=MODEL,
+            CHAT_ALLOWED_MODELS=MODEL,
+            CHAT_API_CORS_ORIGINS=cors_origin,
+        ),
+    )
+    yield site
+    site.stop()
+
+
+@pytest.fixture(scope="session")
 def demo_site(django_db_setup, tmp_path_factory) -> Iterator[LiveSite]:
     """The site with no API key: the built-in demo model answers."""
     site = LiveSite(
@@ -96,6 +122,12 @@ def demo_site(django_db_setup, tmp_path_factory) -> Iterator[LiveSite]:
 @pytest.fixture
 def user(transactional_db, django_user_model):
     return django_user_model.objects.create_user("alice", password=PASSWORD)
+
+
+@pytest.fixture
+def api_key(user) -> str:
+    """A personal API key of `user`, as `create_api_key` shows it once."""
+    return create_api_key(user=user, name="test key")[1]
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ def test_unknown_api_path_gets_json_404(site_client):
         (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": 0}', "invalid_max_tokens", "max_tokens"),
         (b'{"messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}', "invalid_max_tokens", "max_tokens"),
         (b'{"messages": [{"role": "user", "content": "x"}], "temperature": 3}', "invalid_temperature", "temperature"),
-        (b'{"messages": [{"role": "user", "content": "x"}], "stream": false}', "unknown_field", "stream"),
+        (b'{"messages": [{"role": "user", "content": "x"}], "stream": false}', "stream_required", "'stream'"),
     ],
 )
 def test_bad_bodies_get_400_naming_the_field(site_client, fake_upstream, user, body, code, named):

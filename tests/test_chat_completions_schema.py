@@ -99,6 +99,7 @@ def test_every_sampling_parameter_is_sent_as_given(settings):
     assert chat.include_usage is True
     assert parse(messages=HI, stop="END").upstream_params()["stop"] == "END"
     assert parse(messages=HI).include_usage is False
+    assert parse(messages=HI, stream=False).include_usage is True, "a single answer always carries its usage"
 
 
 def test_nulls_are_left_out():
@@ -160,8 +161,8 @@ def test_extra_parameters_pass_through_only_when_the_site_lists_them(settings):
     settings.CHAT_EXTRA_PARAMETERS = ["service_tier", "prompt_cache_key", "stream"]
     sent = parse(messages=HI, service_tier="flex", prompt_cache_key={"any": ["shape"]}).upstream_params()
     assert (sent["service_tier"], sent["prompt_cache_key"]) == ("flex", {"any": ["shape"]})
-    # The relay's own field stays the relay's own, listed or not.
-    assert refusal(messages=HI, stream=False).code == "unknown_field"
+    # The relay's own field stays the relay's own, listed or not: it never travels upstream as sent.
+    assert "stream" not in parse(messages=HI, stream=False).upstream_params()
 
 
 def user_content(*parts):
@@ -445,3 +446,21 @@ def test_the_default_body_cap_fits_the_default_images():
         AppSettings.CHAT_MAX_REQUEST_BYTES
         >= AppSettings.CHAT_MAX_IMAGES * AppSettings.CHAT_MAX_IMAGE_URL_BYTES + 64 * 1024
     )
+
+
+def test_stream_says_how_the_client_wants_the_answer_and_never_travels_upstream():
+    assert parse(messages=HI).stream is True
+    assert parse_chat_completion_request(orjson.dumps({"messages": HI}), stream_default=False).stream is False
+    chat = parse(messages=HI, stream=False)
+    assert chat.stream is False and "stream" not in chat.upstream_params()
+    assert parse(messages=HI, stream=True).upstream_params() == parse(messages=HI).upstream_params()
+
+
+def test_stream_must_be_a_boolean_and_stream_options_needs_a_stream():
+    assert refusal(messages=HI, stream="yes").code == "invalid_stream"
+    error = refusal(messages=HI, stream=False, stream_options={"include_usage": True})
+    assert error.code == "invalid_stream_options" and "'stream'" in error.message
+    with pytest.raises(ApiError):
+        parse_chat_completion_request(
+            orjson.dumps({"messages": HI, "stream_options": {"include_usage": True}}), stream_default=False
+        )

@@ -12,6 +12,7 @@ import pytest
 
 from streaming.chat_completions import CHAT_COMPLETIONS
 from streaming.errors import ApiError
+from streaming.fronts import Caller
 from streaming.limits import Admission
 from streaming.models import UsageLog
 from streaming.openai_shapes import ChunkFactory
@@ -35,7 +36,7 @@ async def alice(django_user_model):
 
 
 async def open_chat_stream(user, framing: Framing) -> RelayStream:
-    return await open_relay(api=CHAT_COMPLETIONS, request=CHAT, user=user, framing=framing, admission=Admission())
+    return await open_relay(api=CHAT_COMPLETIONS, request=CHAT, caller=Caller(user=user), framing=framing, admission=Admission())
 
 
 async def collect(stream) -> bytes:

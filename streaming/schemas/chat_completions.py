@@ -69,6 +69,7 @@ STORE_FIELDS = ("store", "metadata")
 FIELDS = (
     "messages",
     "model",
+    "stream",
     "max_tokens",
     "max_completion_tokens",
     "temperature",
@@ -91,7 +92,8 @@ FIELDS = (
     *PSEUDONYM_FIELDS,
     *STORE_FIELDS,
 )
-# The relay's own: never taken from the client, even when a site lists it in CHAT_EXTRA_PARAMETERS.
+# The relay's own: never passed through, even when a site lists it in CHAT_EXTRA_PARAMETERS (the
+# relay always streams from the upstream; the client's `stream` says only how it wants the answer).
 RELAY_FIELDS = ("stream",)
 
 
@@ -101,6 +103,8 @@ class ChatCompletionRequest:
     model: str
     max_tokens: int | None = None
     temperature: float | None = None
+    # Whether the client wants the answer streamed (the relay streams from the upstream either way).
+    stream: bool = True
     # Every other parameter the client sent, validated (and clamped), in the client's order.
     parameters: dict[str, Any] = field(default_factory=dict)
 
@@ -116,11 +120,9 @@ class ChatCompletionRequest:
 
     @property
     def include_usage(self) -> bool:
-        """Whether the client asked for the usage chunk (`stream_options.include_usage`).
-
-        The relay always asks the upstream for usage, to account for it.
-        """
-        return bool((self.parameters.get("stream_options") or {}).get("include_usage"))
+        """Whether the client gets the usage: always in a single answer; in a stream only if it asked
+        (`stream_options.include_usage`). The relay always asks the upstream, to account for it."""
+        return not self.stream or bool((self.parameters.get("stream_options") or {}).get("include_usage"))
 
     @property
     def input_chars(self) -> int:
@@ -150,8 +152,12 @@ class ChatCompletionRequest:
         )
 
 
-def parse_chat_completion_request(body: bytes) -> ChatCompletionRequest:
-    """Validate a request body; raise ApiError (400/413) naming the offending field."""
+def parse_chat_completion_request(body: bytes, *, stream_default: bool = True) -> ChatCompletionRequest:
+    """Validate a request body; raise ApiError (400/413) naming the offending field.
+
+    `stream_default` is what a body without `stream` means: the page's API streams, while OpenAI's
+    (and so `/v1`) answers with one object.
+    """
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -173,7 +179,7 @@ def parse_chat_completion_request(body: bytes) -> ChatCompletionRequest:
     _tools(data.get("tools"))  # first: tool_choice names its tools
     parameters: dict[str, Any] = {}
     for name, value in data.items():
-        if value is None or name in ("messages", "model", "max_tokens", "temperature", *PSEUDONYM_FIELDS):
+        if value is None or name in ("messages", "model", "stream", "max_tokens", "temperature", *PSEUDONYM_FIELDS):
             continue
         if name in FIELDS:
             parameters[name] = PARAMETERS[name](value, data)
@@ -184,7 +190,12 @@ def parse_chat_completion_request(body: bytes) -> ChatCompletionRequest:
     max_tokens = _max_tokens(data.get("max_tokens"), "max_tokens")
     if max_tokens is None and "max_completion_tokens" not in parameters:
         max_tokens = app_settings.CHAT_MAX_TOKENS
+    _optional_bool(data.get("stream"), "stream")
+    stream = stream_default if data.get("stream") is None else bool(data["stream"])
+    if not stream and "stream_options" in parameters:
+        raise invalid_request("'stream_options' is allowed only when 'stream' is true.", code="invalid_stream_options")
     request = ChatCompletionRequest(
+        stream=stream,
         messages=_messages(data.get("messages")),
         model=_model(data.get("model")),
         max_tokens=max_tokens,

@@ -1,0 +1,106 @@
+"""OpenAI's own API at `/v1`, for SDKs, scripts and tools, authenticated by personal API keys.
+
+The same request schema, relay, limits and usage rows as the page's API; only the front (a bearer
+key instead of the session) and the answer's shape (OpenAI's SSE, or one `chat.completion`) differ.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from .api_keys import note_key_used
+from .chat_completions import OPENAI_CHAT_COMPLETIONS, assemble_chat_completion
+from .conf import app_settings
+from .errors import ApiError, error_response, model_not_found, not_found
+from .fronts import Caller, bearer_key_front
+from .schemas.chat_completions import ChatCompletionRequest, parse_chat_completion_request
+from .views import accept_and_open, method_not_allowed_response, streaming_response
+from .wire import Framing, NDJSONFraming, SSEFraming
+
+# Models have no creation date here; OpenAI's list shape needs one.
+MODEL_CREATED = 0
+MODEL_OWNER = "chatproxy"
+
+
+def _framing(chat: ChatCompletionRequest) -> Framing:
+    """OpenAI's SSE for a stream; one event a line, to add up, for a single object."""
+    return SSEFraming if chat.stream else NDJSONFraming
+
+
+@csrf_exempt  # bearer keys only: no cookie is read, so there is nothing to forge
+async def chat_completions(request: HttpRequest) -> HttpResponseBase:
+    """`POST /v1/chat/completions`: a stream of chunks (`stream: true`) or one `chat.completion`."""
+    if request.method != "POST":
+        return method_not_allowed_response("POST")
+    opened = await accept_and_open(
+        request,
+        front=bearer_key_front,
+        parse=partial(parse_chat_completion_request, stream_default=False),
+        api=OPENAI_CHAT_COMPLETIONS,
+        framing=_framing,
+    )
+    if isinstance(opened, ApiError):
+        return error_response(opened)
+    chat, stream = opened
+    if chat.stream:
+        return streaming_response(stream)
+    try:
+        chunks = await stream.collect()
+    except ApiError as error:  # recorded with its usage row
+        return error_response(error)
+    return JsonResponse(assemble_chat_completion(chunks))
+
+
+def _model(model_id: str) -> dict[str, object]:
+    return {"id": model_id, "object": "model", "created": MODEL_CREATED, "owned_by": MODEL_OWNER}
+
+
+@csrf_exempt
+async def models(request: HttpRequest) -> HttpResponseBase:
+    """`GET /v1/models`: the models the key's user may ask for."""
+    caller = await _authenticate(request)
+    if isinstance(caller, HttpResponse):
+        return caller
+    return JsonResponse({"object": "list", "data": [_model(name) for name in app_settings.CHAT_ALLOWED_MODELS]})
+
+
+@csrf_exempt
+async def model(request: HttpRequest, model_id: str) -> HttpResponseBase:
+    """`GET /v1/models/{model}`: one of them, or 404."""
+    caller = await _authenticate(request)
+    if isinstance(caller, HttpResponse):
+        return caller
+    if model_id not in app_settings.CHAT_ALLOWED_MODELS:
+        return error_response(model_not_found(model=model_id))
+    return JsonResponse(_model(model_id))
+
+
+@csrf_exempt
+async def unknown_endpoint(request: HttpRequest, path: str = "") -> HttpResponseBase:
+    """Any other `/v1` path: OpenAI's 404 (the SDKs' NotFoundError), whatever the site's 404 page."""
+    return error_response(not_found(path=request.path))
+
+
+async def _authenticate(request: HttpRequest) -> Caller | HttpResponse:
+    """The caller of a GET endpoint, or the response refusing it."""
+    if request.method != "GET":
+        return method_not_allowed_response("GET")
+    try:
+        return await sync_to_async(_authenticate_key_use)(request)
+    except ApiError as error:
+        return error_response(error)
+
+
+def _authenticate_key_use(request: HttpRequest) -> Caller:
+    try:
+        caller = bearer_key_front(request)
+        assert caller.api_key is not None
+        note_key_used(caller.api_key)
+        return caller
+    finally:
+        close_old_connections()
