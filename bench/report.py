@@ -7,6 +7,13 @@ from typing import Any
 
 import orjson
 
+TARGET_LABELS = {
+    "direct": "direct",
+    "proxy": "proxy (session)",
+    "proxy_v1": "proxy /v1 (bearer key)",
+}
+PROXY_TARGETS = ("proxy", "proxy_v1")
+
 
 def _ms(seconds: float | None) -> str:
     if seconds is None:
@@ -29,6 +36,12 @@ def _number(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _difference(value: float | None, baseline: float | None, digits: int = 0) -> str:
+    if value is None or baseline is None:
+        return "-"
+    return f"{value - baseline:+,.{digits}f}"
+
+
 def _percent(share: float | None) -> str:
     return "-" if share is None else f"{share * 100:.0f}%"
 
@@ -43,21 +56,32 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _run_row(server: str, workload: str, concurrency: str, run: dict, verdict: str) -> list[str]:
+    proxied = run["target"] in PROXY_TARGETS
     return [
         server,
         workload,
         concurrency,
-        run["target"],
+        TARGET_LABELS[run["target"]],
         str(run["streams"]),
         _pair(run["ttfb_p50"], run["ttfb_p99"]),
         _pair(run["ttft_p50"], run["ttft_p99"]),
         "-" if run["duration_p99"] is None else f"{run['duration_p99']:.2f}",
         _number(run["chunks_per_second"]),
-        _number(run["server_cpu_us_per_chunk"], 1) if run["target"] == "proxy" else "-",
-        _percent(run["server_cpu_share"]) if run["target"] == "proxy" else "-",
+        _number(run["server_cpu_us_per_chunk"], 1) if proxied else "-",
+        _percent(run["server_cpu_share"]) if proxied else "-",
         _percent(run["harness_cpu_share"]),
         f"{_percent(run['other_load_server_cpu'])} / {_percent(run['other_load_harness_cpu'])}",
-        verdict if run["target"] == "proxy" else _direct_verdict(run),
+        verdict if proxied else _direct_verdict(run),
+    ]
+
+
+def _workload_rows(server: str, workload: str, concurrency: str, entry: dict) -> list[list[str]]:
+    """One row per target the workload ran against: direct, the page's API, and /v1 where measured."""
+    verdicts = {"proxy": entry["verdict"], "proxy_v1": entry.get("proxy_v1_verdict", "")}
+    return [
+        _run_row(server, workload, concurrency, entry[target], verdicts.get(target, ""))
+        for target in TARGET_LABELS
+        if target in entry
     ]
 
 
@@ -97,7 +121,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     if verification["problems"]:
         lines += ["**Verification problems:**", ""] + [f"- {p}" for p in verification["problems"]] + [""]
-    lines += ["## Summary", ""]
+    lines += ["## Summary (the page's API: session cookie and CSRF header, NDJSON)", ""]
     summary_rows = []
     for name, server in results["servers"].items():
         latency = server["latency"]
@@ -142,34 +166,17 @@ def render_markdown(results: dict[str, Any]) -> str:
         ],
         summary_rows,
     )
-    lines += ["", "## All runs", ""]
+    lines += ["", *_api_comparison(results), "", "## All runs", ""]
     rows = []
     for name, server in results["servers"].items():
         latency = server["latency"]
-        for run in (latency["direct"], latency["proxy"]):
-            rows.append(
-                _run_row(
-                    name,
-                    f"latency ({latency['requests']} sequential)",
-                    "1",
-                    run,
-                    latency["verdict"],
-                )
-            )
+        rows += _workload_rows(name, f"latency ({latency['requests']} sequential)", "1", latency)
+        rate = server["request_rate"]
+        rows += _workload_rows(name, rate["workload"], str(rate["concurrency"]), rate)
         for level in server["paced"]:
-            for run in (level["direct"], level["proxy"]):
-                rows.append(
-                    _run_row(
-                        name,
-                        level["workload"],
-                        str(level["concurrency"]),
-                        run,
-                        level["verdict"],
-                    )
-                )
+            rows += _workload_rows(name, level["workload"], str(level["concurrency"]), level)
         cpu = server["cpu_bound"]
-        for run in (cpu["direct"], cpu["proxy"]):
-            rows.append(_run_row(name, cpu["workload"], str(cpu["concurrency"]), run, cpu["verdict"]))
+        rows += _workload_rows(name, cpu["workload"], str(cpu["concurrency"]), cpu)
     lines += _table(
         [
             "server",
@@ -196,7 +203,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             abort_rows.append(
                 [
                     name,
-                    run["target"],
+                    TARGET_LABELS[run["target"]],
                     str(run["aborts"]),
                     _pair(run["close_delay_p50"], run["close_delay_p99"]),
                     str(run["never_closed"]),
@@ -239,6 +246,64 @@ def render_markdown(results: dict[str, Any]) -> str:
     )
     lines += [""]
     return "\n".join(lines)
+
+
+def _api_comparison(results: dict[str, Any]) -> list[str]:
+    """The page's API against `/v1`: the same relay behind two fronts, so the last row is what a
+    bearer key costs a request compared with a session cookie and CSRF header."""
+    lines = ["## The page's API (session) against /v1 (bearer key)", ""]
+    rows = []
+    request_concurrency = "-"
+    for name, server in results["servers"].items():
+        latency, rate, cpu = server["latency"], server["request_rate"], server["cpu_bound"]
+        request_concurrency = str(rate["concurrency"])
+        direct = latency["direct"]
+        for target in PROXY_TARGETS:
+            run = latency[target]
+            rows.append(
+                [
+                    name,
+                    TARGET_LABELS[target],
+                    _pair(run["ttfb_p50"], run["ttfb_p99"]),
+                    f"{_added(run['ttfb_p50'], direct['ttfb_p50'])} / {_added(run['ttfb_p99'], direct['ttfb_p99'])}",
+                    f"{_added(run['ttft_p50'], direct['ttft_p50'])} / {_added(run['ttft_p99'], direct['ttft_p99'])}",
+                    _number(rate[target]["requests_per_second"]),
+                    _number(rate[target]["server_cpu_ms_per_request"], 2),
+                    _number(cpu[target]["chunks_per_second"]),
+                    _number(cpu[target]["server_cpu_us_per_chunk"], 1),
+                ]
+            )
+        page, v1 = latency["proxy"], latency["proxy_v1"]
+        rows.append(
+            [
+                name,
+                "**/v1 minus page API**",
+                f"{_added(v1['ttfb_p50'], page['ttfb_p50'])} / {_added(v1['ttfb_p99'], page['ttfb_p99'])}",
+                "",
+                f"{_added(v1['ttft_p50'], page['ttft_p50'])} / {_added(v1['ttft_p99'], page['ttft_p99'])}",
+                _difference(rate["proxy_v1"]["requests_per_second"], rate["proxy"]["requests_per_second"]),
+                _difference(
+                    rate["proxy_v1"]["server_cpu_ms_per_request"], rate["proxy"]["server_cpu_ms_per_request"], 2
+                ),
+                _difference(cpu["proxy_v1"]["chunks_per_second"], cpu["proxy"]["chunks_per_second"]),
+                _difference(cpu["proxy_v1"]["server_cpu_us_per_chunk"], cpu["proxy"]["server_cpu_us_per_chunk"], 1),
+            ]
+        )
+    lines += _table(
+        [
+            "server",
+            "API",
+            "TTFB p50 / p99 ms (c=1)",
+            "TTFB added over direct",
+            "TTFT added over direct",
+            f"requests/s (1-chunk answers, c={request_concurrency})",
+            "server CPU ms/request",
+            "relayed chunks/s (CPU-bound)",
+            "CPU µs/chunk (CPU-bound)",
+        ],
+        rows,
+    )
+    return lines
 
 
 def write_results(results: dict[str, Any], directory: Path, stamp: str) -> tuple[Path, Path]:

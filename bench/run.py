@@ -44,6 +44,7 @@ from bench.site import (
     Account,
     ServerKind,
     Session,
+    create_api_keys,
     log_in,
     prepare_database,
     site_environment,
@@ -51,8 +52,11 @@ from bench.site import (
 )
 from bench.upstream import new_event_loop, raise_file_limit
 from bench.workloads import (
+    DIRECT,
     HARNESS_BUSY_LIMIT,
     HARNESS_HEADROOM,
+    PROXY,
+    PROXY_V1,
     AbortMetrics,
     Probes,
     RunMetrics,
@@ -87,6 +91,10 @@ class BenchSettings:
     cpu_concurrency: int = 10
     cpu_chunks: int = 2000
     cpu_rounds: int = 2
+    # Request rate: one-chunk answers, so each request's own cost (authentication, admission, the
+    # usage row) is what the server spends its CPU on.
+    request_concurrency: int = 10
+    request_rounds: int = 30
     memory_streams: int = 200
     memory_chunks: int = 40
     memory_delay_ms: float = 100
@@ -113,6 +121,8 @@ class BenchSettings:
             cpu_concurrency=4,
             cpu_chunks=200,
             cpu_rounds=1,
+            request_concurrency=4,
+            request_rounds=5,
             memory_streams=10,
             memory_chunks=20,
             memory_delay_ms=50,
@@ -264,6 +274,7 @@ class Benchmark:
         self.ledger = VerificationLedger()
         self.api_key = f"sk-bench-{secrets.token_urlsafe(24)}"
         self.sessions: tuple[Session, ...] = ()
+        self.api_keys: tuple[str, ...] = ()
 
     async def repeated(self, make_run: Callable[[], Awaitable[RunMetrics]], label: str) -> RunMetrics:
         runs = []
@@ -277,16 +288,16 @@ class Benchmark:
         self,
         label: str,
         make_run: Callable[[Target], Awaitable[RunMetrics]],
-        direct: Target,
-        proxy: Target,
-    ) -> tuple[RunMetrics, RunMetrics]:
-        direct_runs, proxy_runs = [], []
+        *targets: Target,
+    ) -> list[RunMetrics]:
+        """The same workload against each target in turn (`--repeat` times, interleaved); medians, in order."""
+        runs: list[list[RunMetrics]] = [[] for _ in targets]
         for _ in range(self.settings.repeat):
-            for target, runs in ((direct, direct_runs), (proxy, proxy_runs)):
+            for target, target_runs in zip(targets, runs, strict=True):
                 run = await make_run(target)
                 self.ledger.add_run(label, run)
-                runs.append(run)
-        return median_metrics(direct_runs), median_metrics(proxy_runs)
+                target_runs.append(run)
+        return [median_metrics(target_runs) for target_runs in runs]
 
     async def run(self) -> dict[str, Any]:
         settings = self.settings
@@ -299,7 +310,7 @@ class Benchmark:
         )
         upstream_port, upstream_loop = read_announced_port(upstream_process)
         progress(f"fake upstream on port {upstream_port} ({upstream_loop}); {self.pinning.describe()}")
-        direct = Target("direct", upstream_port, api_key=self.api_key)
+        direct = Target(DIRECT, upstream_port, api_key=self.api_key)
 
         env = site_environment(
             self.work_dir / "bench.sqlite3",
@@ -308,8 +319,9 @@ class Benchmark:
             2 * settings.max_concurrency + 100,
             settings.site_overrides,
         )
-        progress(f"migrating a fresh database and creating {settings.users} user(s)")
+        progress(f"migrating a fresh database and creating {settings.users} user(s), each with an API key")
         accounts = prepare_database(env, settings.users)
+        self.api_keys = create_api_keys(env, accounts)
 
         harness_probes = Probes(upstream_process.pid, None, self.pinning.server_cpu, self.pinning.harness_cpu)
         harness = await self.harness_limits(direct, harness_probes)
@@ -433,12 +445,13 @@ class Benchmark:
         if not self.sessions:
             progress(f"logging {len(accounts)} user(s) in over HTTP")
             self.sessions = tuple([await log_in(port, account) for account in accounts])
-        proxy = Target("proxy", port, sessions=self.sessions)
+        proxy = Target(PROXY, port, sessions=self.sessions)
+        proxy_v1 = Target(PROXY_V1, port, api_keys=self.api_keys)
         # The server's CPU time is read in direct runs too (it should stay idle there).
         probes = Probes(upstream_pid, pid, self.pinning.server_cpu, self.pinning.harness_cpu)
 
         progress(f"{kind.name}: warm-up")
-        for target in (direct, proxy):
+        for target in (direct, proxy, proxy_v1):
             warmup = await cpu_bound(target, probes, 4, max(1, settings.warmup_streams // 4), 20)
             self.ledger.add_run(f"{kind.name} warm-up", warmup)
 
@@ -459,11 +472,31 @@ class Benchmark:
         per_stream = memory.bytes_per_stream
 
         progress(f"{kind.name}: latency, {settings.latency_requests} sequential requests")
-        direct_latency, proxy_latency = await self.compare(
+        direct_latency, proxy_latency, v1_latency = await self.compare(
             f"{kind.name} latency",
             lambda target: sequential(target, probes, settings.latency_requests, settings.latency_chunks),
             direct,
             proxy,
+            proxy_v1,
+        )
+        progress(
+            f"{kind.name}: latency: TTFB p50 direct {_ms(direct_latency.ttfb_p50)}, "
+            f"page API {_ms(proxy_latency.ttfb_p50)}, /v1 {_ms(v1_latency.ttfb_p50)} ms"
+        )
+
+        requests = settings.request_concurrency * settings.request_rounds
+        rate_name = "request rate, 1-chunk answers"
+        progress(f"{kind.name}: {rate_name}, {requests} requests at c={settings.request_concurrency}")
+        direct_rate, proxy_rate, v1_rate = await self.compare(
+            f"{kind.name} {rate_name}",
+            lambda target: cpu_bound(target, probes, settings.request_concurrency, settings.request_rounds, 1),
+            direct,
+            proxy,
+            proxy_v1,
+        )
+        progress(
+            f"{kind.name}: {rate_name}: page API {proxy_rate.requests_per_second:,.0f}/s, "
+            f"/v1 {v1_rate.requests_per_second:,.0f}/s; direct {direct_rate.requests_per_second:,.0f}/s"
         )
 
         paced_rows = []
@@ -523,7 +556,7 @@ class Benchmark:
 
         cpu_name = f"CPU-bound {settings.cpu_chunks}×0 ms"
         progress(f"{kind.name}: {cpu_name}, c={settings.cpu_concurrency}")
-        direct_cpu, proxy_cpu = await self.compare(
+        direct_cpu, proxy_cpu, v1_cpu = await self.compare(
             f"{kind.name} {cpu_name}",
             lambda target: cpu_bound(
                 target,
@@ -534,11 +567,14 @@ class Benchmark:
             ),
             direct,
             proxy,
+            proxy_v1,
         )
         cpu_saturated = saturation(direct_cpu, proxy_cpu, paced=False, cpu_bound=True)
+        v1_cpu_saturated = saturation(direct_cpu, v1_cpu, paced=False, cpu_bound=True)
         progress(
-            f"{kind.name}: {cpu_name}: proxy {proxy_cpu.chunks_per_second:,.0f} chunks/s, "
+            f"{kind.name}: {cpu_name}: page API {proxy_cpu.chunks_per_second:,.0f} chunks/s, "
             f"{proxy_cpu.server_cpu_us_per_chunk or 0:.1f} µs CPU/chunk; "
+            f"/v1 {v1_cpu.chunks_per_second:,.0f} chunks/s, {v1_cpu.server_cpu_us_per_chunk or 0:.1f} µs CPU/chunk; "
             f"direct {direct_cpu.chunks_per_second:,.0f} chunks/s"
         )
 
@@ -563,6 +599,7 @@ class Benchmark:
         await upstream_records(direct.port)  # let the upstream forget this server's streams
 
         latency_saturated = saturation(direct_latency, proxy_latency, paced=False, cpu_bound=False)
+        v1_latency_saturated = saturation(direct_latency, v1_latency, paced=False, cpu_bound=False)
         return {
             "description": f"{kind.name} {version(kind.module)}: {kind.description}",
             "memory": {
@@ -574,7 +611,18 @@ class Benchmark:
                 "chunks": settings.latency_chunks,
                 "direct": metrics_dict(direct_latency),
                 "proxy": metrics_dict(proxy_latency),
+                "proxy_v1": metrics_dict(v1_latency),
                 "verdict": latency_saturated or "ok",
+                "proxy_v1_verdict": v1_latency_saturated or "ok",
+            },
+            "request_rate": {
+                "workload": rate_name,
+                "concurrency": settings.request_concurrency,
+                "direct": metrics_dict(direct_rate),
+                "proxy": metrics_dict(proxy_rate),
+                "proxy_v1": metrics_dict(v1_rate),
+                "verdict": saturation(direct_rate, proxy_rate, paced=False, cpu_bound=True) or "ok",
+                "proxy_v1_verdict": saturation(direct_rate, v1_rate, paced=False, cpu_bound=True) or "ok",
             },
             "paced": paced_rows,
             "paced_max_concurrency": paced_max,
@@ -584,11 +632,17 @@ class Benchmark:
                 "concurrency": settings.cpu_concurrency,
                 "direct": metrics_dict(direct_cpu),
                 "proxy": metrics_dict(proxy_cpu),
+                "proxy_v1": metrics_dict(v1_cpu),
                 "verdict": cpu_saturated or "ok",
                 "saturated": bool(cpu_saturated),
+                "proxy_v1_verdict": v1_cpu_saturated or "ok",
             },
             "aborts": aborts,
         }
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
 def _loop_name() -> str:

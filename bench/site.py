@@ -83,7 +83,31 @@ def prepare_database(env: dict[str, str], users: int, timeout: float = 120.0) ->
     return accounts
 
 
-def _manage(env: dict[str, str], arguments: list[str], stdin: str = "", timeout: float = 120.0) -> None:
+CREATE_API_KEYS = """
+import sys
+from django.contrib.auth import get_user_model
+from streaming.api_keys import create_api_key
+User = get_user_model()
+for username in sys.stdin.read().split():
+    print(create_api_key(user=User.objects.get(username=username), name="bench")[1])
+"""
+
+
+def create_api_keys(env: dict[str, str], accounts: list[Account], timeout: float = 120.0) -> tuple[str, ...]:
+    """One personal API key per account, for `/v1` (Authorization: Bearer), in the accounts' order."""
+    output = _manage(
+        env,
+        ["shell", "-c", CREATE_API_KEYS],
+        stdin="\n".join(account.username for account in accounts),
+        timeout=timeout,
+    )
+    keys = tuple(output.split()[-len(accounts) :])
+    if len(keys) != len(accounts) or not all(key.startswith("chp_") for key in keys):
+        raise RuntimeError(f"manage.py shell did not print {len(accounts)} API key(s)")
+    return keys
+
+
+def _manage(env: dict[str, str], arguments: list[str], stdin: str = "", timeout: float = 120.0) -> str:
     result = subprocess.run(
         python_command("manage.py", *arguments),
         check=False,
@@ -96,6 +120,7 @@ def _manage(env: dict[str, str], arguments: list[str], stdin: str = "", timeout:
     )
     if result.returncode != 0:
         raise RuntimeError(f"manage.py {arguments[0]} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
 
 
 @dataclass(frozen=True)

@@ -36,50 +36,63 @@ CONNECT_CONCURRENCY = 64
 MIN_CPU_WINDOW_SECONDS = 0.5
 
 
+# Target names, also the keys of each workload's results in the JSON.
+DIRECT = "direct"
+PROXY = "proxy"
+PROXY_V1 = "proxy_v1"
+
+
 @dataclass(frozen=True)
 class Target:
-    """Where a workload's requests go: "proxy" (the site, NDJSON) or "direct" (the upstream, SSE)."""
+    """Where a workload's requests go.
+
+    "direct": the upstream itself (SSE, its API key). "proxy": the page's API, `/api/chat/stream`,
+    as the chat page calls it (session cookie and CSRF header, NDJSON). "proxy_v1": the site's
+    OpenAI-compatible `/v1/chat/completions`, as an SDK calls it (a personal key as a bearer token,
+    SSE); the same relay, so the difference between the two proxy rows is what each front costs.
+    """
 
     name: str
     port: int
     api_key: str = ""
     sessions: tuple[Session, ...] = ()
+    # The users' personal API keys, for "proxy_v1" (user i sends keys[i % len(keys)]).
+    api_keys: tuple[str, ...] = ()
 
     @property
     def sse(self) -> bool:
-        return self.name == "direct"
+        return self.name != PROXY
+
+    @property
+    def is_proxy(self) -> bool:
+        return self.name != DIRECT
 
     def request(self, spec: StreamSpec, user_index: int) -> bytes:
         host = f"127.0.0.1:{self.port}"
         messages = [{"role": "user", "content": spec.prompt()}]
-        if self.name == "direct":
-            body = orjson.dumps(
-                {
-                    "model": MODEL,
-                    "messages": messages,
-                    "stream": True,
-                    "stream_options": {"include_usage": True},
-                }
-            )
+        if self.name == PROXY:
+            session = self.sessions[user_index % len(self.sessions)]
             headers = {
-                "Authorization": f"Bearer {self.api_key}",
+                "Cookie": session.cookie_header,
+                "X-CSRFToken": session.csrf_token,
                 "Content-Type": "application/json",
+                "Accept": "application/x-ndjson",
             }
-            return build_request("POST", "/v1/chat/completions", host, headers, body)
-        session = self.sessions[user_index % len(self.sessions)]
-        headers = {
-            "Cookie": session.cookie_header,
-            "X-CSRFToken": session.csrf_token,
-            "Content-Type": "application/json",
-            "Accept": "application/x-ndjson",
-        }
-        return build_request(
-            "POST",
-            "/api/chat/stream",
-            host,
-            headers,
-            orjson.dumps({"model": MODEL, "messages": messages}),
+            body = orjson.dumps({"model": MODEL, "messages": messages})
+            return build_request("POST", "/api/chat/stream", host, headers, body)
+        # The upstream and /v1 get the same OpenAI request; without include_usage /v1 would keep
+        # the usage chunk to itself, and the transcripts would not be comparable.
+        api_key = self.api_keys[user_index % len(self.api_keys)] if self.name == PROXY_V1 else self.api_key
+        body = orjson.dumps(
+            {
+                "model": MODEL,
+                "messages": messages,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
         )
+        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        return build_request("POST", "/v1/chat/completions", host, headers, body)
 
 
 @dataclass(frozen=True)
@@ -169,7 +182,9 @@ class RunMetrics:
     content_chunks: int = 0
     wall_seconds: float = 0.0
     chunks_per_second: float = 0.0
+    requests_per_second: float = 0.0
     server_cpu_seconds: float = 0.0
+    server_cpu_ms_per_request: float | None = None
     server_cpu_us_per_chunk: float | None = None
     server_cpu_share: float | None = None
     upstream_cpu_us_per_chunk: float | None = None
@@ -260,7 +275,9 @@ def summarize(
         content_chunks=chunks,
         wall_seconds=wall,
         chunks_per_second=chunks / wall if wall > 0 else 0.0,
+        requests_per_second=len(outcomes) / wall if wall > 0 else 0.0,
         server_cpu_seconds=server_cpu if probes.server_pid else 0.0,
+        server_cpu_ms_per_request=server_cpu * 1e3 / len(outcomes) if measured_server and outcomes else None,
         server_cpu_us_per_chunk=server_cpu * 1e6 / chunks if measured_server and chunks else None,
         server_cpu_share=server_cpu / window if measured_server else None,
         upstream_cpu_us_per_chunk=upstream_cpu * 1e6 / chunks if cpu_readable and chunks else None,

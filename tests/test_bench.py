@@ -28,8 +28,8 @@ smoke_test = pytest.mark.skipif(
 )
 
 
-def _relayed_lines(spec: StreamSpec) -> list[bytes]:
-    """The NDJSON lines a correct relay sends for the fake upstream's answer to `spec`."""
+def _sse_events(spec: StreamSpec) -> list[bytes]:
+    """The fake upstream's SSE events for `spec`, blank line included: what `/v1` relays as it is."""
     body = b""
     for frame in render_answer(spec, MODEL, include_usage=True):
         while frame:
@@ -37,19 +37,32 @@ def _relayed_lines(spec: StreamSpec) -> list[bytes]:
             length = int(size, 16)
             body += rest[:length]
             frame = rest[length + 2 :]
-    events = [event.removeprefix(b"data: ") for event in body.split(b"\n\n") if event]
+    return [event + b"\n\n" for event in body.split(b"\n\n") if event]
+
+
+def _relayed_lines(spec: StreamSpec) -> list[bytes]:
+    """The NDJSON lines a correct relay sends on the page's API for the fake upstream's answer to `spec`."""
+    events = [event.strip().removeprefix(b"data: ") for event in _sse_events(spec)]
     return [event + b"\n" for event in events if event != b"[DONE]"]
 
 
-def _problems(spec: StreamSpec, lines: list[bytes]) -> list[str]:
+def _problems(spec: StreamSpec, lines: list[bytes], sse: bool = False) -> list[str]:
     exchange = Exchange(sent_at=1.0, first_byte_at=1.1, ended_at=2.0, status=200)
     exchange.pieces = [(1.1 + index / 1000, line) for index, line in enumerate(lines)]
-    return verification_problems(spec, exchange, read_transcript(exchange), sse=False)
+    return verification_problems(spec, exchange, read_transcript(exchange), sse=sse)
 
 
 def test_verification_passes_a_faithful_relay() -> None:
     spec = StreamSpec.new(chunks=30, delay_ms=0)
     assert _problems(spec, _relayed_lines(spec)) == []
+
+
+def test_verification_passes_a_faithful_v1_stream_and_catches_a_missing_done_marker() -> None:
+    spec = StreamSpec.new(chunks=30, delay_ms=0)
+    events = _sse_events(spec)
+    assert events[-1] == b"data: [DONE]\n\n"
+    assert _problems(spec, events, sse=True) == []
+    assert _problems(spec, events[:-1], sse=True) == ["no data: [DONE]"]
 
 
 def test_verification_catches_a_dropped_chunk() -> None:
@@ -92,6 +105,7 @@ def test_quick_benchmark_runs_end_to_end_with_verified_text(tmp_path: Path) -> N
     assert "Text verification: **passed**" in result.stdout, output
     assert "| server | TTFB p50 / p99 ms |" in result.stdout, output
     assert "| daphne | latency" in result.stdout, output
+    assert "| daphne | proxy /v1 (bearer key) |" in result.stdout, output
 
     reports = sorted(tmp_path.glob("*.json"))
     assert len(reports) == 1 and reports[0].with_suffix(".md").exists()
@@ -99,6 +113,9 @@ def test_quick_benchmark_runs_end_to_end_with_verified_text(tmp_path: Path) -> N
     assert results["verification"]["passed"] is True
     assert results["verification"]["streams_checked"] > 0
     daphne = results["servers"]["daphne"]
-    assert daphne["latency"]["proxy"]["failed_streams"] == 0
-    assert daphne["cpu_bound"]["proxy"]["content_chunks"] > 0
+    for target in ("proxy", "proxy_v1"):
+        assert daphne["latency"][target]["streams"] > 0
+        assert daphne["latency"][target]["failed_streams"] == 0
+        assert daphne["request_rate"][target]["failed_streams"] == 0
+        assert daphne["cpu_bound"][target]["content_chunks"] > 0
     assert daphne["aborts"]["proxy"]["aborts"] > 0
