@@ -152,7 +152,8 @@ class FakeUpstream(LoopbackHTTPServer):
 
 def _events(reply: Reply, chunks: ChunkFactory, body: dict) -> list[bytes | None]:
     """The SSE events of one reply; None stands for dropping the connection."""
-    events: list[bytes | None] = [sse_event(chunks.role())]
+    # As OpenAI does, an answer of tool calls alone starts with `content: null`.
+    events: list[bytes | None] = [sse_event(chunks.role("" if reply.pieces or not reply.tool_calls else None))]
     for index, piece in enumerate(reply.pieces):
         if index == reply.error_after:
             return [*events, MID_STREAM_ERROR]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import NoReturn
@@ -135,3 +137,30 @@ def logged_in_client(site: LiveSite, user: AbstractBaseUser) -> httpx.Client:
     assert page.status_code == 200
     client.headers["X-CSRFToken"] = client.cookies["csrftoken"]
     return client
+
+
+def v1_url(site: LiveSite) -> str:
+    """The base URL an OpenAI SDK is given for the site's `/v1` API."""
+    return f"{site.url}/v1"
+
+
+def readme_code_blocks(heading: str, *languages: str) -> list[str]:
+    """The fenced code blocks in these languages in a README section: from `heading` to the next heading as high."""
+    level = len(heading) - len(heading.lstrip("#"))
+    lines = iter((BASE_DIR / "README.md").read_text().splitlines())
+    assert heading in lines, f"README.md has no heading {heading!r}"
+    blocks: list[str] = []
+    block: list[str] | None = None
+    fenced = False
+    for line in lines:
+        fence = line.strip()
+        if not fenced and re.match(rf"#{{1,{level}}} ", line):
+            break
+        if fence.startswith("```"):
+            if fenced and block is not None:
+                blocks.append(textwrap.dedent("\n".join(block)) + "\n")
+            block = [] if not fenced and fence[3:] in languages else None
+            fenced = not fenced
+        elif block is not None:
+            block.append(line)
+    return blocks

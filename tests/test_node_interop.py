@@ -27,7 +27,7 @@ PACE = 0.1  # seconds between the upstream's chunks
 USAGE = (21, 9)
 
 
-def run_node_test(name: str, site, expected: dict) -> str:
+def run_node_test(name: str, site, expected: dict, *, extra_env: dict[str, str] | None = None) -> str:
     node = shutil.which("node")
     if node is None:
         skip_or_fail("node is not installed")
@@ -39,6 +39,7 @@ def run_node_test(name: str, site, expected: dict) -> str:
         "CHATPROXY_USERNAME": "alice",
         "CHATPROXY_PASSWORD": PASSWORD,
         "CHATPROXY_EXPECTED": json.dumps(expected),
+        **(extra_env or {}),
     }
     command = [
         node,

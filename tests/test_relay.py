@@ -36,7 +36,9 @@ async def alice(django_user_model):
 
 
 async def open_chat_stream(user, framing: Framing) -> RelayStream:
-    return await open_relay(api=CHAT_COMPLETIONS, request=CHAT, caller=Caller(user=user), framing=framing, admission=Admission())
+    return await open_relay(
+        api=CHAT_COMPLETIONS, request=CHAT, caller=Caller(user=user), framing=framing, admission=Admission()
+    )
 
 
 async def collect(stream) -> bytes:

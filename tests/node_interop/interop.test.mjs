@@ -10,6 +10,7 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import { APIError } from "openai";
+import OpenAI, { AuthenticationError, BadRequestError, NotFoundError } from "openai";
 import { Stream } from "openai/core/streaming";
 import { ChatCompletionStream } from "openai/lib/ChatCompletionStream";
 
@@ -218,4 +219,131 @@ test("ndjson: a structured-output answer parses as the JSON the upstream sent", 
   const response = await postChat(await logIn(), "application/x-ndjson", EXPECTED.request);
   const { completion } = await readAnswer(ChatCompletionStream.fromReadableStream(response.body));
   assert.deepEqual(JSON.parse(completion.choices[0].message.content), EXPECTED.json);
+});
+
+// --- /v1 with a personal API key: the SDK as any Node program uses it ------------------------
+// Run by tests/test_v1_node.py, which also sets CHATPROXY_API_KEY (a key of the account).
+
+function v1Client(apiKey = setting("CHATPROXY_API_KEY")) {
+  return new OpenAI({ baseURL: `${SITE}/v1`, apiKey, maxRetries: 0 });
+}
+
+test("v1: the SDK streams an answer with a bearer key", async () => {
+  const stream = await v1Client().chat.completions.create({
+    model: EXPECTED.model,
+    messages: [{ role: "user", content: "Say hello." }],
+    stream: true,
+    stream_options: { include_usage: true },
+  });
+  const deltas = [];
+  let usage = null;
+  for await (const chunk of stream) {
+    for (const choice of chunk.choices) {
+      if (choice.delta.content) deltas.push(choice.delta.content);
+    }
+    usage = chunk.usage ?? usage;
+  }
+  assert.deepEqual(deltas, EXPECTED.pieces);
+  assert.deepEqual(usage, EXPECTED.usage);
+});
+
+test("v1: an error mid-stream throws an APIError", async () => {
+  const stream = await v1Client().chat.completions.create({
+    model: EXPECTED.model,
+    messages: [{ role: "user", content: "Say hello." }],
+    stream: true,
+  });
+  const deltas = [];
+  await assert.rejects(
+    async () => {
+      for await (const chunk of stream) {
+        for (const choice of chunk.choices) {
+          if (choice.delta.content) deltas.push(choice.delta.content);
+        }
+      }
+    },
+    (error) => {
+      assert.ok(error instanceof APIError, `expected an APIError, got ${error}`);
+      assert.ok(error.message.includes(EXPECTED.error), `unexpected message: ${error.message}`);
+      return true;
+    },
+  );
+  assert.deepEqual(deltas, EXPECTED.pieces);
+});
+
+test("v1: chat.completions.stream reassembles streamed tool calls", async () => {
+  const runner = v1Client().chat.completions.stream(EXPECTED.request);
+  const done = [];
+  runner.on("tool_calls.function.arguments.done", ({ name, index, arguments: args }) =>
+    done.push({ name, index, arguments: JSON.parse(args) }),
+  );
+  const completion = await runner.finalChatCompletion();
+
+  const [choice] = completion.choices;
+  assert.equal(choice.finish_reason, "tool_calls");
+  assert.deepEqual(
+    choice.message.tool_calls.map(({ id, type, function: { name, arguments: args } }) => ({
+      id,
+      type,
+      function: { name, arguments: args },
+    })),
+    EXPECTED.tool_calls,
+  );
+  assert.deepEqual(
+    done,
+    EXPECTED.tool_calls.map((call, index) => ({ name: call.function.name, index, arguments: JSON.parse(call.function.arguments) })),
+  );
+});
+
+test("v1: runTools runs the tool and ends in the final answer", async () => {
+  const calledWith = [];
+  const runner = v1Client().chat.completions.runTools({
+    model: EXPECTED.model,
+    messages: [{ role: "user", content: "What time is it in Lyon?" }],
+    stream: true,
+    tools: [
+      {
+        type: "function",
+        function: {
+          name: "get_local_time",
+          description: "The time in a city.",
+          parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] },
+          parse: JSON.parse,
+          function: ({ city }) => {
+            calledWith.push(city);
+            return { city, time: "14:05" };
+          },
+        },
+      },
+    ],
+  });
+
+  assert.equal(await runner.finalContent(), EXPECTED.final_text);
+  assert.deepEqual(calledWith, ["Lyon"]);
+});
+
+test("v1: refusals are the SDK's error classes", async () => {
+  const client = v1Client();
+  assert.deepEqual(
+    (await client.models.list()).data.map((model) => model.id),
+    EXPECTED.models,
+  );
+  await assert.rejects(client.models.retrieve("gpt-no-such-model"), (error) => {
+    assert.ok(error instanceof NotFoundError, `expected a NotFoundError, got ${error}`);
+    assert.equal(error.status, 404);
+    return true;
+  });
+  await assert.rejects(
+    client.chat.completions.create({ model: EXPECTED.models[0], messages: [{ role: "user", content: "Hi" }], temperature: 5 }),
+    (error) => {
+      assert.ok(error instanceof BadRequestError, `expected a BadRequestError, got ${error}`);
+      assert.match(error.message, /temperature/);
+      return true;
+    },
+  );
+  await assert.rejects(v1Client(EXPECTED.bad_key).models.list(), (error) => {
+    assert.ok(error instanceof AuthenticationError, `expected an AuthenticationError, got ${error}`);
+    assert.equal(error.code, "invalid_api_key");
+    return true;
+  });
 });
