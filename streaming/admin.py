@@ -1,11 +1,12 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from .models import LimitRefusal, UsageLimit, UsageLog
+from .api_keys import KEY_PREFIX, KeyState, key_state, keys_in_state, revoke_api_keys
+from .models import ApiKey, LimitRefusal, UsageLimit, UsageLog
 from .reports import per_user_totals
 
 
@@ -52,11 +53,27 @@ class ToolCallsFilter(admin.SimpleListFilter):
         return queryset
 
 
+class MadeByFilter(admin.SimpleListFilter):
+    title = "made by"
+    parameter_name = "made_by"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("page", "the page"), ("api_key", "an API key")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[UsageLog]) -> QuerySet[UsageLog]:
+        if self.value() == "page":
+            return queryset.filter(api_key__isnull=True)
+        if self.value() == "api_key":
+            return queryset.filter(api_key__isnull=False)
+        return queryset
+
+
 @admin.register(UsageLog)
 class UsageLogAdmin(ReadOnlyAdmin):
     list_display = (
         "created_at",
         "user",
+        "made_with_key",
         "model",
         "status",
         "finish_reason",
@@ -70,6 +87,7 @@ class UsageLogAdmin(ReadOnlyAdmin):
     )
     list_filter = (
         "status",
+        MadeByFilter,
         FinishReasonFilter,
         ToolCallsFilter,
         "model",
@@ -78,8 +96,12 @@ class UsageLogAdmin(ReadOnlyAdmin):
     )
     search_fields = ("user__username",)
     date_hierarchy = "created_at"
-    list_select_related = ("user",)
+    list_select_related = ("user", "api_key")
     ordering = ("-created_at",)
+
+    @admin.display(description="API key", ordering="api_key__prefix", empty_value="")
+    def made_with_key(self, row: UsageLog) -> str | None:
+        return row.api_key.public_id if row.api_key else None
 
     def get_urls(self):
         totals = path(
@@ -127,3 +149,58 @@ class LimitRefusalAdmin(ReadOnlyAdmin):
     list_filter = ("limit", "day")
     search_fields = ("user__username",)
     list_select_related = ("user",)
+
+
+class KeyStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [(state.value, str(state.label)) for state in KeyState]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> QuerySet[ApiKey]:
+        value = self.value()
+        if value not in KeyState.values:
+            return queryset
+        return keys_in_state(queryset, state=KeyState(value))
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(ReadOnlyAdmin):
+    """Everyone's keys, never their secrets; staff revoke them here, their owners create them."""
+
+    list_display = ("user", "name", "public_id", "created_at", "last_used_at", "expires_at", "state")
+    list_filter = (KeyStateFilter, ("user", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("user__username", "name", "prefix")
+    list_select_related = ("user",)
+    ordering = ("-created_at",)
+    fields = ("user", "name", "public_id", "state", "created_at", "last_used_at", "expires_at", "revoked_at")
+    readonly_fields = fields
+    actions = ["revoke_selected"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        """Revoked keys stay, so the usage rows they made keep saying which key made them."""
+        return False
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(f"{ApiKey._meta.app_label}.change_{ApiKey._meta.model_name}")
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[ApiKey], search_term: str
+    ) -> tuple[QuerySet[ApiKey], bool]:
+        """A public id as the lists show it (`chp_1a2b3c4d…`) finds its key."""
+        term = search_term.strip().removeprefix(KEY_PREFIX).removesuffix("…")
+        return super().get_search_results(request, queryset, term)
+
+    @admin.display(description="key", ordering="prefix")
+    def public_id(self, key: ApiKey) -> str:
+        return key.public_id
+
+    @admin.display(description="state")
+    def state(self, key: ApiKey) -> str:
+        return str(key_state(key).label)
+
+    @admin.action(description="Revoke selected keys", permissions=["revoke"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = revoke_api_keys(keys=queryset)
+        self.message_user(request, f"Revoked {revoked} key{'s' if revoked != 1 else ''}.", messages.SUCCESS)

@@ -6,6 +6,9 @@ row with one indexed lookup. The secret (32 random bytes, URL-safe base64) is st
 a 256-bit random secret (there is nothing to brute-force); the salt keeps equal digests apart.
 
 Keys are looked up on every request, not cached: revoking one takes effect on the next request.
+
+A user holds at most CHAT_MAX_API_KEYS_PER_USER live keys (neither revoked nor expired); revoked
+and expired keys stay listed, for the record, but do not count.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import secrets
 from datetime import datetime, timedelta
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, models, transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from .conf import app_settings
@@ -58,8 +63,56 @@ def _has_use_permission(user: AbstractBaseUser) -> bool:
     return bool(has_perm and has_perm(USE_PERMISSION))
 
 
+class KeyState(models.TextChoices):
+    ACTIVE = "active", "active"
+    EXPIRED = "expired", "expired"
+    REVOKED = "revoked", "revoked"
+
+
+def key_state(key: ApiKey, *, now: datetime | None = None) -> KeyState:
+    """Revoked comes first: a revoked key stays revoked once its expiry passes."""
+    if key.is_revoked:
+        return KeyState.REVOKED
+    if key.is_expired(now):
+        return KeyState.EXPIRED
+    return KeyState.ACTIVE
+
+
+def keys_in_state(keys: QuerySet[ApiKey], *, state: KeyState, now: datetime | None = None) -> QuerySet[ApiKey]:
+    now = now or timezone.now()
+    expired = Q(expires_at__isnull=False, expires_at__lte=now)
+    if state == KeyState.REVOKED:
+        return keys.filter(revoked_at__isnull=False)
+    if state == KeyState.EXPIRED:
+        return keys.filter(expired, revoked_at__isnull=True)
+    return keys.filter(revoked_at__isnull=True).exclude(expired)
+
+
+def keys_of(*, user: AbstractBaseUser) -> QuerySet[ApiKey]:
+    return ApiKey.objects.filter(user_id=user.pk).order_by("-created_at", "-pk")
+
+
+def live_key_count(*, user: AbstractBaseUser, now: datetime | None = None) -> int:
+    return keys_in_state(keys_of(user=user), state=KeyState.ACTIVE, now=now).count()
+
+
+def check_room_for_key(*, user: AbstractBaseUser) -> None:
+    """Raise a ValidationError when `user` already holds the most live keys the site allows."""
+    limit = app_settings.CHAT_MAX_API_KEYS_PER_USER
+    if live_key_count(user=user) >= limit:
+        raise ValidationError(
+            "You already have the most active API keys this site allows (%(limit)d). Revoke one to create another.",
+            code="too_many_api_keys",
+            params={"limit": limit},
+        )
+
+
 def create_api_key(*, user: AbstractBaseUser, name: str, expires_at: datetime | None = None) -> tuple[ApiKey, str]:
-    """A new key for `user` and the full key, which exists nowhere else: show it once."""
+    """A new key for `user` and the full key, which exists nowhere else: show it once.
+
+    Raises a ValidationError (code `too_many_api_keys`) past CHAT_MAX_API_KEYS_PER_USER live keys.
+    """
+    check_room_for_key(user=user)
     secret = secrets.token_urlsafe(SECRET_BYTES)
     for attempt in range(_PREFIX_ATTEMPTS):
         key = ApiKey(user_id=user.pk, name=name, prefix=secrets.token_hex(4), secret_hash=hash_secret(secret))
@@ -83,6 +136,11 @@ def revoke_api_key(key: ApiKey) -> None:
     if key.revoked_at is None:
         key.revoked_at = timezone.now()
         ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=key.revoked_at)
+
+
+def revoke_api_keys(*, keys: QuerySet[ApiKey]) -> int:
+    """Revoke the live ones among `keys`; how many that was."""
+    return keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
 
 
 def authenticate_api_key(presented: str) -> ApiKey:

@@ -66,7 +66,8 @@ class AppSettings:
     CHAT_MONTHLY_TOKEN_BUDGET: int = 2_000_000
 
     # Personal API keys for `/v1`: reserved to users with the `streaming.use_api_keys` permission
-    # when True (else every active user may have them), and at most this many live keys a user.
+    # when True (else every active user may have them), and at most this many live keys a user
+    # (0: none may be created).
     CHAT_API_KEYS_REQUIRE_PERMISSION: bool = False
     CHAT_MAX_API_KEYS_PER_USER: int = 20
 

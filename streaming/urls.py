@@ -6,13 +6,15 @@ Names are in the "streaming" namespace: `streaming:chat` (the chat page), `strea
 
 from django.urls import path, re_path
 
-from . import v1_views, views
+from . import key_views, v1_views, views
 
 app_name = "streaming"
 
 urlpatterns = [
     path("", views.chat_page, name="chat"),
     path("api/chat/stream", views.chat_stream, name="chat-stream"),
+    path("keys/", key_views.api_keys_page, name="api-keys"),
+    path("keys/<int:pk>/revoke", key_views.revoke_key, name="api-key-revoke"),
     # OpenAI's API, for SDKs and tools with a personal API key (base_url: the site's /v1).
     path("v1/chat/completions", v1_views.chat_completions, name="v1-chat-completions"),
     path("v1/models", v1_views.models, name="v1-models"),

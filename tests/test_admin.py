@@ -1,16 +1,19 @@
-"""The usage log in the Django admin: browsable, filterable, read-only, with per-user totals."""
+"""The usage log and the API keys in the Django admin: browsable, filterable, read-only, with per-user totals."""
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from streaming.api_keys import KEY_PATTERN, authenticate_api_key, create_api_key, revoke_api_key
+from streaming.errors import ApiError
 from streaming.limits import EffectiveLimits, record_refusal
-from streaming.models import LimitRefusal, UsageLimit, UsageLog
+from streaming.models import ApiKey, LimitRefusal, UsageLimit, UsageLog
 from streaming.reports import UserTotals, per_user_totals
 
 
@@ -185,3 +188,85 @@ def test_the_totals_take_as_many_queries_for_many_users_as_for_two(rows, django_
     assert len(totals) == 12
     assert {row.limits.daily_token_budget for row in totals if row.username.startswith("user")} == {10}
     assert len(many.captured_queries) == len(few.captured_queries)
+
+
+@pytest.fixture
+def keys(rows):
+    alice, bob = rows[0].user, rows[2].user
+    laptop, laptop_key = create_api_key(user=alice, name="alice laptop")
+    old = create_api_key(user=alice, name="alice old", expires_at=timezone.now() - timedelta(days=1))[0]
+    gone = create_api_key(user=bob, name="bob gone")[0]
+    revoke_api_key(gone)
+    notebook, notebook_key = create_api_key(user=bob, name="bob notebook")
+    return {"laptop": (laptop, laptop_key), "old": (old, ""), "gone": (gone, ""), "notebook": (notebook, notebook_key)}
+
+
+def test_staff_see_everyones_keys_but_never_a_secret(staff, keys):
+    page = staff.get("/admin/streaming/apikey/").content.decode()
+    assert "4 API keys" in page and "manage.py create_api_key" in page and "Revoke selected keys" in page
+    assert "Delete selected" not in page
+    for key, _ in keys.values():
+        assert key.name in page and key.public_id in page
+        assert key.secret_hash.rpartition("$")[2] not in page
+    assert KEY_PATTERN.search(page) is None
+    assert ">active<" in page and ">expired<" in page and ">revoked<" in page
+    laptop, laptop_key = keys["laptop"]
+    change = staff.get(f"/admin/streaming/apikey/{laptop.pk}/change/").content.decode()
+    assert laptop.public_id in change and "alice laptop" in change and 'name="_save"' not in change
+    assert laptop.secret_hash.rpartition("$")[2] not in change and laptop_key not in change
+    assert staff.get("/admin/streaming/apikey/add/").status_code == 403
+    assert staff.post(f"/admin/streaming/apikey/{laptop.pk}/delete/").status_code == 403
+
+
+def test_keys_filter_by_state_and_user_and_are_found_by_public_id(staff, keys):
+    def count(query):
+        return re.search(r"(\d+) API keys?\b", staff.get(f"/admin/streaming/apikey/?{query}").content.decode())[1]
+
+    assert [count(f"state={state}") for state in ("active", "expired", "revoked")] == ["2", "1", "1"]
+    assert count(f"user__id__exact={keys['notebook'][0].user_id}") == "2"
+    assert count("q=bob") == "2" and count("q=laptop") == "1"
+    assert count(f"q={keys['notebook'][0].public_id}…") == "1"
+
+
+def test_staff_revoke_selected_keys_and_they_stop_working(staff, keys):
+    laptop, laptop_key = keys["laptop"]
+    notebook, notebook_key = keys["notebook"]
+    gone = keys["gone"][0]
+    response = staff.post(
+        "/admin/streaming/apikey/",
+        {"action": "revoke_selected", "_selected_action": [laptop.pk, notebook.pk, gone.pk]},
+        follow=True,
+    )
+    assert "Revoked 2 keys." in response.content.decode()
+    for full_key in (laptop_key, notebook_key):
+        with pytest.raises(ApiError) as refused:
+            authenticate_api_key(full_key)
+        assert refused.value.code == "api_key_revoked"
+    assert ApiKey.objects.get(pk=gone.pk).revoked_at == gone.revoked_at
+
+
+def test_staff_who_may_only_view_keys_cannot_revoke_them(client, keys, django_user_model):
+    viewer = django_user_model.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_apikey"))
+    client.force_login(viewer)
+    page = client.get("/admin/streaming/apikey/").content.decode()
+    assert "4 API keys" in page and "Revoke selected keys" not in page
+    laptop, laptop_key = keys["laptop"]
+    client.post("/admin/streaming/apikey/", {"action": "revoke_selected", "_selected_action": [laptop.pk]})
+    assert authenticate_api_key(laptop_key).pk == laptop.pk
+
+
+def test_non_staff_cannot_see_the_keys(client, keys):
+    client.force_login(keys["laptop"][0].user)
+    assert client.get("/admin/streaming/apikey/").status_code == 302
+
+
+def test_usage_rows_say_which_key_made_them(staff, rows, keys):
+    laptop = keys["laptop"][0]
+    UsageLog.objects.filter(pk=rows[0].pk).update(api_key=laptop)
+    page = staff.get("/admin/streaming/usagelog/").content.decode()
+    assert page.count(laptop.public_id) == 1
+    by_key = staff.get("/admin/streaming/usagelog/?made_by=api_key").content.decode()
+    assert "1 usage log" in by_key and laptop.public_id in by_key
+    by_page = staff.get("/admin/streaming/usagelog/?made_by=page").content.decode()
+    assert "3 usage logs" in by_page and laptop.public_id not in by_page

@@ -12,12 +12,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import openai
 import pytest
 from django.db import connections
 
+from streaming.api_keys import KEY_PATTERN
 from streaming.models import UsageLog
 from tests.fake_upstream import FakeUpstream, Reply
-from tests.live_site import BASE_DIR, PASSWORD
+from tests.live_site import BASE_DIR, MODEL, OTHER_MODEL, PASSWORD, v1_url
 
 try:
     from playwright.sync_api import Page, expect
@@ -260,3 +262,36 @@ def test_a_follow_up_question_sends_the_conversation_so_far(chat, fake_upstream:
         {"role": "assistant", "content": "Paris."},
         {"role": "user", "content": "How many people live there?"},
     ]
+
+
+def test_a_new_key_is_shown_once_copied_used_by_the_sdk_and_revoked(context, live_site):
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_site.url)
+    page = context.new_page()
+    log_in(page)
+    page.get_by_role("link", name="API keys").click()
+    page.get_by_label("Name").fill("my laptop")
+    page.get_by_label("Expires").select_option("30")
+    page.get_by_role("button", name="Create key").click()
+    shown = page.get_by_label("New API key").input_value()
+    assert KEY_PATTERN.fullmatch(shown)
+    page.get_by_role("button", name="Copy").click()
+    expect(page.get_by_text("Copied to the clipboard.")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == shown
+    page.screenshot(path=screenshot_dir() / "api-key-created.png")
+    if os.environ.get("UPDATE_DOCS_SCREENSHOT"):
+        page.screenshot(path=BASE_DIR / "docs" / "api-keys-page.png", full_page=True)
+
+    client = openai.OpenAI(base_url=v1_url(live_site), api_key=shown, max_retries=0)
+    assert [model.id for model in client.models.list()] == [MODEL, OTHER_MODEL]
+
+    page.goto("/keys/")  # the list afterwards: the public id only, never the key
+    expect(page.get_by_role("cell", name="my laptop")).to_be_visible()
+    assert shown not in page.content()
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    page.get_by_role("button", name="Revoke").click()
+    expect(page.get_by_role("cell", name="active", exact=True)).to_be_visible()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Revoke").click()
+    expect(page.get_by_role("cell", name="revoked", exact=True)).to_be_visible()
+    with pytest.raises(openai.AuthenticationError):
+        client.models.list()
