@@ -132,15 +132,14 @@ def expiry_in(days: int | None) -> datetime | None:
     return timezone.now() + timedelta(days=days) if days else None
 
 
-def revoke_api_key(key: ApiKey) -> None:
-    if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=key.revoked_at)
-
-
 def revoke_api_keys(*, keys: QuerySet[ApiKey]) -> int:
-    """Revoke the live ones among `keys`; how many that was."""
+    """Revoke the ones among `keys` not revoked yet; how many that was."""
     return keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def revoke_api_key(key: ApiKey) -> None:
+    revoke_api_keys(keys=ApiKey.objects.filter(pk=key.pk))
+    key.refresh_from_db(fields=["revoked_at"])
 
 
 def authenticate_api_key(presented: str) -> ApiKey:

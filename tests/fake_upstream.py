@@ -106,6 +106,14 @@ class FakeUpstream(LoopbackHTTPServer):
         assert self.streams, "no stream reached the upstream"
         return self.streams[-1]
 
+    def wait_for_closed_stream(self, timeout: float = 3.0) -> StreamRecord:
+        """The last stream, once the site has closed its connection (or the timeout has passed)."""
+        record = self.wait_for_stream(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while record.client_closed_at is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return record
+
     async def handle(self, request: UpstreamRequest, response: ResponseWriter) -> None:
         with self._lock:
             self.requests.append(request)

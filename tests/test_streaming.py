@@ -247,15 +247,6 @@ BODY = {"messages": MESSAGES}
 SSE = {"Accept": "text/event-stream"}
 
 
-def closed_stream_record(fake_upstream, timeout: float = 3.0):
-    """The upstream's record of the last stream, once it has seen the site close the connection."""
-    record = fake_upstream.wait_for_stream(timeout=timeout)
-    deadline = time.monotonic() + timeout
-    while record.client_closed_at is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return record
-
-
 def test_a_slow_upstream_gets_the_client_a_200_and_keepalives_at_once(site_client, fake_upstream, user):
     fake_upstream.will_reply(Reply(pieces=["Slow", " but", " here"], first_delay=1.6))
     started = time.monotonic()
@@ -343,7 +334,7 @@ def test_an_upstream_that_never_answers_times_out_as_the_error_line(site_client,
     assert error["message"] == "The upstream model did not start answering in time."
     assert ended - started < 2.8  # OPENAI_FIRST_TOKEN_TIMEOUT is 2 s on the live site; the upstream takes 3
     assert wait_for_row(user).status == "error"
-    record = closed_stream_record(fake_upstream)
+    record = fake_upstream.wait_for_closed_stream()
     assert record.client_closed_at is not None and record.events_sent <= 1
 
 
@@ -359,7 +350,7 @@ def test_a_client_leaving_before_the_upstream_answers_cancels_it(site_client, fa
     row = wait_for_row(user)
     assert time.monotonic() - started < 1.5, "the usage row waited for the upstream to answer"
     assert row.status == "cancelled" and row.completion_tokens == 0 and row.finish_reason == ""
-    record = closed_stream_record(fake_upstream)
+    record = fake_upstream.wait_for_closed_stream()
     assert record.client_closed_at is not None
     assert record.events_sent <= 1, "the upstream streamed to a request the site had closed"
 

@@ -478,15 +478,6 @@ async def test_the_async_client_raises_the_same_refusals(live_site, fake_upstrea
         assert [model.id async for model in client.models.list()] == [MODEL, OTHER_MODEL]
 
 
-def closed_stream_record(fake_upstream, timeout: float = 3.0):
-    """The upstream's record of the last stream, once it has seen the site close the connection."""
-    record = fake_upstream.wait_for_stream(timeout=timeout)
-    deadline = time.monotonic() + timeout
-    while record.client_closed_at is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return record
-
-
 def test_closing_the_stream_mid_answer_closes_the_upstream_and_logs_cancelled(live_site, fake_upstream, user, api_key):
     fake_upstream.will_reply(Reply(pieces=[f"word{i} " for i in range(100)], delay=0.1))
 
@@ -499,7 +490,7 @@ def test_closing_the_stream_mid_answer_closes_the_upstream_and_logs_cancelled(li
                     break
         closed_at = time.monotonic()
 
-        record = closed_stream_record(fake_upstream)
+        record = fake_upstream.wait_for_closed_stream()
         [row] = wait_for_rows(user)
 
     assert record.client_closed_at is not None
@@ -520,7 +511,7 @@ async def test_an_async_client_leaving_mid_answer_cancels_the_upstream(live_site
         await stream.close()
         closed_at = time.monotonic()
 
-    record = await sync_to_async(closed_stream_record)(fake_upstream)
+    record = await sync_to_async(fake_upstream.wait_for_closed_stream)()
     [row] = await sync_to_async(wait_for_rows)(user)
     assert record.client_closed_at is not None and record.client_closed_at - closed_at < 1.0
     assert row.status == "cancelled" and row.api_key_id is not None
@@ -540,7 +531,7 @@ def test_a_raw_http_client_leaving_mid_answer_cancels_the_upstream(live_site, fa
                     break
         closed_at = time.monotonic()
 
-    record = closed_stream_record(fake_upstream)
+    record = fake_upstream.wait_for_closed_stream()
     [row] = wait_for_rows(user)
     assert record.client_closed_at is not None and record.client_closed_at - closed_at < 1.0
     assert (row.status, row.api_key) == ("cancelled", key_of(api_key))

@@ -151,13 +151,7 @@ test("sse: an error event mid-stream throws an APIError from the Stream", async 
   const deltas = [];
 
   await assert.rejects(
-    async () => {
-      for await (const chunk of stream) {
-        for (const choice of chunk.choices) {
-          if (choice.delta.content) deltas.push(choice.delta.content);
-        }
-      }
-    },
+    () => collectContent(stream, deltas),
     (error) => {
       assert.ok(error instanceof APIError, `expected an APIError, got ${error}`);
       assert.ok(error.message.includes(EXPECTED.error), `unexpected message: ${error.message}`);
@@ -169,6 +163,15 @@ test("sse: an error event mid-stream throws an APIError from the Stream", async 
 });
 
 /** Read a tool-call answer: the final completion and every `tool_calls.function.arguments.done` event. */
+/** Collects a chat stream's content deltas into `deltas` until it ends (or throws). */
+async function collectContent(stream, deltas) {
+  for await (const chunk of stream) {
+    for (const choice of chunk.choices) {
+      if (choice.delta.content) deltas.push(choice.delta.content);
+    }
+  }
+}
+
 async function readToolCalls(response) {
   const runner = ChatCompletionStream.fromReadableStream(response.body);
   const done = [];
@@ -255,13 +258,7 @@ test("v1: an error mid-stream throws an APIError", async () => {
   });
   const deltas = [];
   await assert.rejects(
-    async () => {
-      for await (const chunk of stream) {
-        for (const choice of chunk.choices) {
-          if (choice.delta.content) deltas.push(choice.delta.content);
-        }
-      }
-    },
+    () => collectContent(stream, deltas),
     (error) => {
       assert.ok(error instanceof APIError, `expected an APIError, got ${error}`);
       assert.ok(error.message.includes(EXPECTED.error), `unexpected message: ${error.message}`);
