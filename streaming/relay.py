@@ -220,11 +220,6 @@ class RelayStream:
     def content_type(self) -> str:
         return self._framing.content_type
 
-    @property
-    def failure(self) -> ApiError | None:
-        """Once the stream has been iterated: the error that ended it, or None if the answer completed."""
-        return self._failure
-
     async def __aiter__(self) -> AsyncIterator[bytes]:
         account = self._account
         pump = asyncio.create_task(self._pump())

@@ -17,7 +17,7 @@ from .api_keys import note_key_used
 from .chat_completions import OPENAI_CHAT_COMPLETIONS, assemble_chat_completion
 from .conf import app_settings
 from .errors import ApiError, error_response, model_not_found, not_found
-from .fronts import Caller, bearer_key_front
+from .fronts import bearer_key_front
 from .schemas.chat_completions import ChatCompletionRequest, parse_chat_completion_request
 from .views import accept_and_open, method_not_allowed_response, streaming_response
 from .wire import Framing, NDJSONFraming, SSEFraming
@@ -63,18 +63,18 @@ def _model(model_id: str) -> dict[str, object]:
 @csrf_exempt
 async def models(request: HttpRequest) -> HttpResponseBase:
     """`GET /v1/models`: the models the key's user may ask for."""
-    caller = await _authenticate(request)
-    if isinstance(caller, HttpResponse):
-        return caller
+    refusal = await _key_refusal(request)
+    if refusal is not None:
+        return refusal
     return JsonResponse({"object": "list", "data": [_model(name) for name in app_settings.CHAT_ALLOWED_MODELS]})
 
 
 @csrf_exempt
 async def model(request: HttpRequest, model_id: str) -> HttpResponseBase:
     """`GET /v1/models/{model}`: one of them, or 404."""
-    caller = await _authenticate(request)
-    if isinstance(caller, HttpResponse):
-        return caller
+    refusal = await _key_refusal(request)
+    if refusal is not None:
+        return refusal
     if model_id not in app_settings.CHAT_ALLOWED_MODELS:
         return error_response(model_not_found(model=model_id))
     return JsonResponse(_model(model_id))
@@ -86,21 +86,21 @@ async def unknown_endpoint(request: HttpRequest, path: str = "") -> HttpResponse
     return error_response(not_found(path=request.path))
 
 
-async def _authenticate(request: HttpRequest) -> Caller | HttpResponse:
-    """The caller of a GET endpoint, or the response refusing it."""
+async def _key_refusal(request: HttpRequest) -> HttpResponse | None:
+    """The response refusing a GET endpoint's request, or None (and the key's use noted)."""
     if request.method != "GET":
         return method_not_allowed_response("GET")
     try:
-        return await sync_to_async(_authenticate_key_use)(request)
+        await sync_to_async(_note_key_use)(request)
     except ApiError as error:
         return error_response(error)
+    return None
 
 
-def _authenticate_key_use(request: HttpRequest) -> Caller:
+def _note_key_use(request: HttpRequest) -> None:
     try:
         caller = bearer_key_front(request)
         assert caller.api_key is not None
         note_key_used(caller.api_key)
-        return caller
     finally:
         close_old_connections()
