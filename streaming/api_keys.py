@@ -19,6 +19,7 @@ import re
 import secrets
 from datetime import datetime, timedelta
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
@@ -111,20 +112,24 @@ def create_api_key(*, user: AbstractBaseUser, name: str, expires_at: datetime | 
     """A new key for `user` and the full key, which exists nowhere else: show it once.
 
     Raises a ValidationError (code `too_many_api_keys`) past CHAT_MAX_API_KEYS_PER_USER live keys.
+    The count and the insert are one transaction holding the user's row (on PostgreSQL), so two
+    creates at once cannot both take the last place.
     """
-    check_room_for_key(user=user)
     secret = secrets.token_urlsafe(SECRET_BYTES)
-    for attempt in range(_PREFIX_ATTEMPTS):
-        key = ApiKey(user_id=user.pk, name=name, prefix=secrets.token_hex(4), secret_hash=hash_secret(secret))
-        key.expires_at = expires_at
-        try:
-            with transaction.atomic():
-                key.save(force_insert=True)
-        except IntegrityError:  # a prefix already taken (one in 4 billion a key)
-            if attempt == _PREFIX_ATTEMPTS - 1:
-                raise
-            continue
-        return key, f"{KEY_PREFIX}{key.prefix}_{secret}"
+    with transaction.atomic():
+        list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk"))
+        check_room_for_key(user=user)
+        for attempt in range(_PREFIX_ATTEMPTS):
+            key = ApiKey(user_id=user.pk, name=name, prefix=secrets.token_hex(4), secret_hash=hash_secret(secret))
+            key.expires_at = expires_at
+            try:
+                with transaction.atomic():
+                    key.save(force_insert=True)
+            except IntegrityError:  # a prefix already taken (one in 4 billion a key)
+                if attempt == _PREFIX_ATTEMPTS - 1:
+                    raise
+                continue
+            return key, f"{KEY_PREFIX}{key.prefix}_{secret}"
     raise AssertionError("unreachable")
 
 

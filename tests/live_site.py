@@ -14,9 +14,13 @@ from typing import NoReturn
 
 import httpx
 import pytest
+from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import connections
 from django.test import Client
+
+from streaming.models import UsageLog
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 TEST_API_KEY = "sk-test-Zq8vP3xL0wR7nK2mT5yB9cJ4hD6fG1sA"
@@ -164,3 +168,27 @@ def readme_code_blocks(heading: str, *languages: str) -> list[str]:
         elif block is not None:
             block.append(line)
     return blocks
+
+
+def wait_for_rows(user, count: int = 1, timeout: float = 5.0) -> list[UsageLog]:
+    """The user's usage rows, oldest first, once there are `count` of them (rows are written after the stream)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = list(UsageLog.objects.filter(user=user).select_related("api_key").order_by("created_at", "pk"))
+        if len(rows) >= count:
+            return rows
+        time.sleep(0.02)
+    raise AssertionError(f"expected {count} usage rows, found {UsageLog.objects.filter(user=user).count()}")
+
+
+async def await_rows(user, count: int = 1, timeout: float = 5.0) -> list[UsageLog]:
+    """`wait_for_rows` for an async test: in a worker thread whose connection is closed afterwards
+    (left open, it would keep the PostgreSQL test database from being dropped)."""
+
+    def rows() -> list[UsageLog]:
+        try:
+            return wait_for_rows(user, count, timeout)
+        finally:
+            connections.close_all()
+
+    return await sync_to_async(rows, thread_sensitive=False)()

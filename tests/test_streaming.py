@@ -17,6 +17,7 @@ from tests.live_site import (
     OTHER_MODEL,
     STREAM_URL,
     TEST_API_KEY,
+    wait_for_rows,
 )
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
@@ -33,13 +34,7 @@ def content_of(chunks: list[dict]) -> str:
 
 
 def wait_for_row(user, timeout: float = 5.0) -> UsageLog:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        row = UsageLog.objects.filter(user=user).first()
-        if row is not None:
-            return row
-        time.sleep(0.02)
-    raise AssertionError("no usage row was written")
+    return wait_for_rows(user, timeout=timeout)[-1]
 
 
 def test_ndjson_stream_relays_every_chunk_unchanged(site_client, fake_upstream, user):
@@ -224,10 +219,7 @@ def test_a_client_that_hangs_up_at_done_leaves_a_completed_row_and_frees_its_slo
             for line in response.iter_lines():
                 if line == "data: [DONE]":
                     break
-    deadline = time.monotonic() + 5
-    while UsageLog.objects.filter(user=user).count() < streams and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert list(UsageLog.objects.filter(user=user).values_list("status", flat=True)) == ["completed"] * streams
+    assert [row.status for row in wait_for_rows(user, count=streams)] == ["completed"] * streams
 
 
 def test_the_api_key_never_reaches_the_client(site_client, fake_upstream):

@@ -25,7 +25,16 @@ from pydantic import BaseModel
 from streaming.api_keys import create_api_key, revoke_api_key
 from streaming.models import ApiKey, UsageLimit, UsageLog
 from tests.fake_upstream import Reply, ScriptedToolCall
-from tests.live_site import MODEL, OTHER_MODEL, STREAM_URL, LiveSite, readme_code_blocks, v1_url
+from tests.live_site import (
+    MODEL,
+    OTHER_MODEL,
+    STREAM_URL,
+    LiveSite,
+    await_rows,
+    readme_code_blocks,
+    v1_url,
+    wait_for_rows,
+)
 
 PIECES = ["Hel", "lo", " there", " — ünïcode ✓", "!"]
 USAGE = (21, 9)
@@ -63,17 +72,6 @@ def async_sdk(site: LiveSite, key: str) -> AsyncOpenAI:
 
 def key_of(full_key: str) -> ApiKey:
     return ApiKey.objects.get(prefix=full_key.split("_")[1])
-
-
-def wait_for_rows(user, count: int = 1, timeout: float = 5.0) -> list[UsageLog]:
-    """The user's usage rows, oldest first, once there are `count` of them (rows are written after the stream)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = list(UsageLog.objects.filter(user=user).select_related("api_key").order_by("created_at", "pk"))
-        if len(rows) >= count:
-            return rows
-        time.sleep(0.02)
-    raise AssertionError(f"expected {count} usage rows, found {UsageLog.objects.filter(user=user).count()}")
 
 
 def content_deltas(chunks) -> list[str]:
@@ -148,7 +146,7 @@ async def test_the_async_client_streams_the_answer_and_its_usage(live_site, fake
 
     assert pieces == PIECES
     assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == USAGE
-    [row] = await sync_to_async(wait_for_rows)(user)
+    [row] = await await_rows(user)
     assert row.status == "completed" and row.api_key.prefix == api_key.split("_")[1]
 
 
@@ -512,7 +510,7 @@ async def test_an_async_client_leaving_mid_answer_cancels_the_upstream(live_site
         closed_at = time.monotonic()
 
     record = await sync_to_async(fake_upstream.wait_for_closed_stream)()
-    [row] = await sync_to_async(wait_for_rows)(user)
+    [row] = await await_rows(user)
     assert record.client_closed_at is not None and record.client_closed_at - closed_at < 1.0
     assert row.status == "cancelled" and row.api_key_id is not None
 

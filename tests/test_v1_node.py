@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from streaming.models import UsageLog
 from tests.fake_upstream import Reply, ScriptedToolCall
-from tests.live_site import MODEL, OTHER_MODEL, readme_code_blocks, skip_or_fail, v1_url
+from tests.live_site import MODEL, OTHER_MODEL, readme_code_blocks, skip_or_fail, v1_url, wait_for_rows
 from tests.test_node_interop import NODE_DIR, run_node_test
 
 PIECES = ["Hel", "lo", " there", " — ünïcode ✓", "!"]
@@ -49,7 +48,7 @@ def test_the_node_sdk_streams_an_answer_and_its_usage(live_site, fake_upstream, 
     )
 
     assert fake_upstream.requests[-1].json()["model"] == OTHER_MODEL
-    row = UsageLog.objects.get(user=user)
+    [row] = wait_for_rows(user)
     assert row.status == "completed" and row.api_key is not None and row.api_key.name == "test key"
 
 
@@ -63,7 +62,7 @@ def test_an_error_mid_stream_reaches_the_node_sdk_as_an_api_error(live_site, fak
         {"model": MODEL, "pieces": ["one", " two"], "error": "The model crashed mid-answer."},
     )
 
-    assert UsageLog.objects.get(user=user).status == "error"
+    assert [row.status for row in wait_for_rows(user)] == ["error"]
 
 
 @pytest.mark.parametrize("whole", [False, True], ids=["streamed-in-pieces", "whole-in-one-delta"])
@@ -83,7 +82,7 @@ def test_the_node_stream_helper_reassembles_streamed_tool_calls(live_site, fake_
         {"request": request, "tool_calls": [call.as_message_tool_call() for call in calls]},
     )
 
-    row = UsageLog.objects.get(user=user)
+    [row] = wait_for_rows(user)
     assert (row.finish_reason, row.tool_calls) == ("tool_calls", 2)
 
 
@@ -101,7 +100,8 @@ def test_node_run_tools_sends_the_result_back_and_gets_the_final_answer(live_sit
     assert len(fake_upstream.requests) == 2
     tool_message = fake_upstream.requests[1].json()["messages"][-1]
     assert tool_message == {"role": "tool", "tool_call_id": TIME_CALL.id, "content": '{"city":"Lyon","time":"14:05"}'}
-    assert UsageLog.objects.filter(user=user, api_key__isnull=False, status="completed").count() == 2
+    rows = wait_for_rows(user, count=2)
+    assert [(row.status, row.api_key is not None) for row in rows] == [("completed", True)] * 2
 
 
 def test_refusals_are_the_node_sdks_error_classes(live_site, fake_upstream, api_key):
