@@ -2,7 +2,8 @@ import orjson
 import pytest
 
 from streaming.errors import ApiError
-from streaming.schemas.chat_completions import TOKENS_PER_IMAGE, parse_chat_completion_request
+from streaming.schemas.chat_completions import parse_chat_completion_request
+from streaming.schemas.fields import TOKENS_PER_IMAGE
 from tests.live_site import MODEL, OTHER_MODEL
 
 HI = [{"role": "user", "content": "Hi"}]
