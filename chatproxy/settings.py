@@ -219,6 +219,8 @@ CHAT_MAX_CHOICES = env.int("CHAT_MAX_CHOICES", default=1)
 CHAT_ALLOW_STORE = env.bool("CHAT_ALLOW_STORE", default=False)
 # Further top-level parameters let through to the upstream unvalidated, comma-separated (default none).
 CHAT_EXTRA_PARAMETERS = env.list("CHAT_EXTRA_PARAMETERS", default=[])
+# Responses API tool types allowed besides "function", comma-separated (built-in tools are billed per call).
+CHAT_RESPONSES_TOOL_TYPES = env.list("CHAT_RESPONSES_TOOL_TYPES", default=[])
 # While the upstream is silent, a keepalive goes to the client this often (seconds; 0 = never), so
 # proxies with idle timeouts do not cut the stream: a blank line in NDJSON, ": ping" in SSE.
 CHAT_KEEPALIVE_SECONDS = env.float("CHAT_KEEPALIVE_SECONDS", default=15.0)

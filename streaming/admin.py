@@ -74,6 +74,7 @@ class UsageLogAdmin(ReadOnlyAdmin):
         "created_at",
         "user",
         "made_with_key",
+        "endpoint",
         "model",
         "status",
         "finish_reason",
@@ -87,6 +88,7 @@ class UsageLogAdmin(ReadOnlyAdmin):
     )
     list_filter = (
         "status",
+        "endpoint",
         MadeByFilter,
         FinishReasonFilter,
         ToolCallsFilter,
@@ -94,7 +96,7 @@ class UsageLogAdmin(ReadOnlyAdmin):
         ("created_at", admin.DateFieldListFilter),
         "tokens_estimated",
     )
-    search_fields = ("user__username",)
+    search_fields = ("user__username", "=upstream_response_id", "=upstream_request_id")
     date_hierarchy = "created_at"
     list_select_related = ("user", "api_key")
     ordering = ("-created_at",)

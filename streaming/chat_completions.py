@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, cast
 
-import openai
 from openai import AsyncOpenAI
 from openai._response import AsyncAPIResponse, AsyncResponseContextManager
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletionChunk, ChatCompletionStreamOptionsParam
 
-from .errors import ApiError, upstream_error
+from .errors import ApiError, upstream_event_error
+from .models import UsageLog
 from .schemas.chat_completions import ChatCompletionRequest
-from .usage import ReportedUsage, StreamAccount
+from .usage import ReportedUsage, StreamAccount, token_detail
 from .wire import SSE_DONE
 
 
@@ -24,6 +24,7 @@ class ChatCompletionsApi:
     only if it asked (`stream_options.include_usage`), as from OpenAI; the page's API always sends it.
     """
 
+    endpoint = UsageLog.Endpoint.CHAT_COMPLETIONS
     sse_terminator = SSE_DONE
 
     def __init__(self, *, usage_if_asked: bool) -> None:
@@ -52,12 +53,12 @@ class ChatCompletionsApi:
     def observe(self, event: str | None, payload: dict[str, Any], account: StreamAccount) -> ApiError | None:
         """Account for one chunk; the error it carries, if it is an error event."""
         if event == "error" or payload.get("error") or payload.get("object") == "error":
-            return upstream_error(_stream_error(payload))
+            return upstream_event_error(payload)
         usage = payload.get("usage")
         if usage:
             account.usage = _reported_usage(usage)
-        if not account.request_id and isinstance(payload.get("id"), str):
-            account.request_id = payload["id"]
+        if not account.response_id and isinstance(payload.get("id"), str):
+            account.response_id = payload["id"]
         for choice in payload.get("choices") or ():
             delta = choice.get("delta") or {}
             # One kind of text a delta: the answer, a refusal, or reasoning (vLLM and others name it either way).
@@ -74,7 +75,7 @@ class ChatCompletionsApi:
                 account.finish(str(finish_reason), choice=_index(choice))
         return None
 
-    def error_event(self, error: ApiError) -> dict[str, Any]:
+    def error_event(self, error: ApiError, account: StreamAccount) -> dict[str, Any]:
         """A failure after the stream began: one `{"error": {...}}` object, which both SDKs raise."""
         return error.as_dict()
 
@@ -137,11 +138,6 @@ def _reported_usage(usage: dict[str, Any]) -> ReportedUsage | None:
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=usage.get("total_tokens") or prompt + completion,
+        cached_tokens=token_detail(usage, "prompt_tokens_details", "cached_tokens"),
+        reasoning_tokens=token_detail(usage, "completion_tokens_details", "reasoning_tokens"),
     )
-
-
-def _stream_error(payload: dict[str, Any]) -> openai.APIError:
-    inner = payload.get("error")
-    error: dict[str, Any] = inner if isinstance(inner, dict) else payload
-    message = error.get("message") if isinstance(error.get("message"), str) else "The upstream reported an error."
-    return openai.APIError(message, request=None, body={"error": error})  # type: ignore[arg-type]

@@ -39,7 +39,8 @@ class AppSettings:
     # Requests asking for more completion tokens are clamped to this; requests asking for none get it.
     CHAT_MAX_TOKENS: int = 1024
     CHAT_MAX_MESSAGES: int = 100
-    # Characters of text across a request: message contents, text and refusal parts, tool-call arguments.
+    # Characters of text across a request: message contents, text and refusal parts, tool-call arguments
+    # (Responses: also instructions, function-call outputs, reasoning text and encrypted reasoning).
     CHAT_MAX_INPUT_CHARS: int = 100_000
     # Images (image_url parts) per request, and the longest image URL (a data URL's bytes) allowed.
     CHAT_MAX_IMAGES: int = 4
@@ -53,6 +54,8 @@ class AppSettings:
     CHAT_ALLOW_STORE: bool = False
     # Further top-level parameters let through to the upstream unvalidated (provider features the schema does not know).
     CHAT_EXTRA_PARAMETERS: Sequence[str] = ()
+    # Responses API tool types allowed besides `function` (e.g. "web_search"): built-in tools cost money per call.
+    CHAT_RESPONSES_TOOL_TYPES: Sequence[str] = ()
     # Request bodies over this many bytes are refused with 413 before they are parsed: room for the
     # default images at their largest, plus 256 KiB for everything else.
     CHAT_MAX_REQUEST_BYTES: int = 4 * 2 * 1024 * 1024 + 256 * 1024

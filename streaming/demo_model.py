@@ -11,6 +11,10 @@ It answers deterministically (only ids and timestamps change), and speaks the re
 - after `tool` messages, a text answer that quotes each tool's result;
 - with `response_format` `json_object` or `json_schema`, the content is one JSON document;
 - image parts are counted, and the answer says how many it received.
+
+`/responses` gives the same answers as Responses events (`responses_as_chat` reads its body as the
+chat request it amounts to): created, in progress, each output item with its deltas and done
+events, then `response.completed` with usage (`response.incomplete` when `max_output_tokens` cuts it).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import orjson
 
 from .conf import app_settings
 from .loopback_server import LoopbackHTTPServer, ResponseWriter, UpstreamRequest
-from .openai_shapes import ChunkFactory, chat_completion, error_body, tool_call
+from .openai_shapes import ChunkFactory, ResponseEventFactory, chat_completion, error_body, tool_call
 from .usage import TOKENS_PER_MESSAGE, estimate_tokens
 from .wire import SSE_DONE, sse_event
 
@@ -367,6 +371,8 @@ class DemoModelServer(LoopbackHTTPServer):
             await response.json(401, error_body("Invalid API key for the demo model.", "invalid_api_key"))
         elif request.method == "POST" and request.path.endswith("/chat/completions"):
             await self._chat(request, response)
+        elif request.method == "POST" and request.path.endswith("/responses"):
+            await self._responses(request, response)
         else:
             await response.json(404, error_body(f"No route {request.method} {request.path}.", "not_found"))
 
@@ -404,6 +410,31 @@ class DemoModelServer(LoopbackHTTPServer):
         if await response.send(tail + SSE_DONE):
             await response.end_stream()
 
+    async def _responses(self, request: UpstreamRequest, response: ResponseWriter) -> None:
+        try:
+            body = request.json()
+            chat = responses_as_chat(body)
+            reply = demo_reply(chat)
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, IndexError):
+            await response.json(400, error_body("Expected a JSON body with 'input'.", "invalid_request"))
+            return
+        if isinstance(body.get("max_output_tokens"), int):
+            reply = reply.cut_to(body["max_output_tokens"])
+        prompt_tokens = sum(estimate_tokens(_message_chars(m)) + TOKENS_PER_MESSAGE for m in chat["messages"])
+        events = ResponseEventFactory(body.get("model", app_settings.CHAT_DEMO_MODEL), request=body)
+        if not body.get("stream"):
+            await response.json(200, demo_response(events, reply, prompt_tokens))
+            return
+        await response.start_stream()
+        pieces = response_event_pieces(events, reply)
+        for number, piece in enumerate(pieces):
+            if number and number < len(pieces) - 1:
+                await asyncio.sleep(self.token_delay)
+            if not await response.send(piece):
+                return
+        if await response.send(_response_end(events, reply, prompt_tokens)):
+            await response.end_stream()
+
     async def _stream(self, response: ResponseWriter, chunks: ChunkFactory, reply: DemoReply) -> bool:
         """Send the reply's deltas, paced; False once the client has gone away."""
         deltas = [chunks.role("" if reply.content_pieces or not reply.tool_calls else None)]
@@ -417,6 +448,103 @@ class DemoModelServer(LoopbackHTTPServer):
             if not await response.send(sse_event(delta)):
                 return False
         return True
+
+
+def responses_as_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """A Responses body as the chat-completions body it amounts to, for `demo_reply`.
+
+    Instructions become a system message, input items messages (a function call an assistant
+    message's tool call, its output a tool message), function tools and `tool_choice` the chat
+    shapes, `text.format` the `response_format`.
+    """
+    messages: list[dict[str, Any]] = []
+    if isinstance(body.get("instructions"), str):
+        messages.append({"role": "system", "content": body["instructions"]})
+    items = body["input"]
+    for item in [{"role": "user", "content": items}] if isinstance(items, str) else items:
+        kind = item.get("type", "message")
+        if kind == "function_call":
+            call = tool_call(item["call_id"], item["name"], item["arguments"])
+            messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": _chat_content(item["output"])})
+        elif kind == "message":
+            messages.append({"role": item["role"], "content": _chat_content(item["content"])})
+    chat: dict[str, Any] = {"messages": messages}
+    tools = [tool for tool in body.get("tools") or [] if isinstance(tool, dict) and tool.get("type") == "function"]
+    if tools:
+        chat["tools"] = [{"type": "function", "function": {k: v for k, v in t.items() if k != "type"}} for t in tools]
+    choice = body.get("tool_choice")
+    if choice is not None:
+        chat["tool_choice"] = (
+            {"type": "function", "function": {"name": choice.get("name")}} if isinstance(choice, dict) else choice
+        )
+    if body.get("parallel_tool_calls") is not None:
+        chat["parallel_tool_calls"] = body["parallel_tool_calls"]
+    text_format = (body.get("text") or {}).get("format") or {}
+    if text_format.get("type") == "json_object":
+        chat["response_format"] = {"type": "json_object"}
+    elif text_format.get("type") == "json_schema":
+        chat["response_format"] = {"type": "json_schema", "json_schema": text_format}
+    return chat
+
+
+def _chat_content(content: Any) -> Any:
+    """A Responses message's content as chat content: text parts `text`, image parts `image_url`."""
+    if not isinstance(content, list):
+        return content
+    parts = []
+    for part in content:
+        kind = part.get("type")
+        if kind == "input_image":
+            parts.append({"type": "image_url", "image_url": {"url": part.get("image_url")}})
+        elif kind == "refusal":
+            parts.append({"type": "refusal", "refusal": part.get("refusal")})
+        else:
+            parts.append({"type": "text", "text": part.get("text")})
+    return parts
+
+
+def response_event_pieces(events: ResponseEventFactory, reply: DemoReply) -> list[bytes]:
+    """A reply's Responses events up to its end, grouped as the demo model paces them: the start,
+    each delta (with the item events around it), the last item's done events."""
+    pieces = [events.created()]
+    text = "".join(reply.content_pieces)
+    output_index = 0
+    if reply.content_pieces or not reply.tool_calls:
+        item_id = f"msg_{secrets.token_hex(24)}"
+        start = events.message_start(output_index, item_id)
+        deltas = [events.text_delta(output_index, item_id, piece) for piece in reply.content_pieces] or [b""]
+        pieces += [start + deltas[0], *deltas[1:]]
+        pieces[-1] += events.message_done(output_index, item_id, text, status=_item_status(reply))
+        output_index += 1
+    for call in reply.tool_calls:
+        item_id = f"fc_{secrets.token_hex(24)}"
+        start = events.function_call_start(output_index, item_id, call.call_id, call.name)
+        deltas = [events.function_call_arguments(output_index, item_id, piece) for piece in call.argument_pieces]
+        pieces += [start + (deltas[0] if deltas else b""), *deltas[1:]]
+        pieces[-1] += events.function_call_done(
+            output_index, item_id, call.call_id, call.name, call.arguments, status=_item_status(reply)
+        )
+        output_index += 1
+    return pieces
+
+
+def _item_status(reply: DemoReply) -> str:
+    return "incomplete" if reply.finish_reason == "length" else "completed"
+
+
+def _response_end(events: ResponseEventFactory, reply: DemoReply, prompt_tokens: int) -> bytes:
+    if reply.finish_reason == "length":
+        return events.incomplete("max_output_tokens", prompt_tokens, reply.piece_count)
+    return events.completed(prompt_tokens, reply.piece_count)
+
+
+def demo_response(events: ResponseEventFactory, reply: DemoReply, prompt_tokens: int) -> dict[str, Any]:
+    """The non-streaming `response` object: the last event of the stream, whole."""
+    response_event_pieces(events, reply)
+    final = _response_end(events, reply, prompt_tokens)
+    return orjson.loads(final.split(b"data: ", 1)[1])["response"]
 
 
 _demo_server: DemoModelServer | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import httpx2
@@ -184,6 +185,10 @@ def upstream_incomplete() -> ApiError:
     return _upstream_failure(502, "The upstream ended the stream before it was complete.", "upstream_incomplete")
 
 
+def upstream_connection_lost() -> ApiError:
+    return _upstream_failure(502, "The connection to the upstream was lost mid-answer.", "upstream_connection_lost")
+
+
 def upstream_malformed() -> ApiError:
     return _upstream_failure(502, "The upstream sent an event that is not a JSON object.", "upstream_malformed")
 
@@ -225,6 +230,14 @@ def upstream_error(exc: BaseException) -> ApiError:
     if isinstance(exc, openai.APIError):
         return _upstream_failure(502, _upstream_message(exc), "upstream_stream_error")
     return _upstream_failure(502, "The upstream model server failed.", "upstream_error")
+
+
+def upstream_event_error(payload: dict[str, Any]) -> ApiError:
+    """An error event in the upstream's stream (`{"error": {...}}`, or a flat Responses `error` event)."""
+    inner = payload.get("error")
+    error: dict[str, Any] = inner if isinstance(inner, dict) else payload
+    message = error.get("message") if isinstance(error.get("message"), str) else "The upstream reported an error."
+    return upstream_error(openai.APIError(message, request=None, body={"error": error}))  # type: ignore[arg-type]
 
 
 def _refused(exc: BaseException) -> bool:

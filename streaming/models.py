@@ -47,18 +47,25 @@ class ApiKey(models.Model):
 
 
 class UsageLog(models.Model):
-    """One row per chat request that passed validation, whatever became of it."""
+    """One row per request that passed validation, whatever became of it."""
 
     class Status(models.TextChoices):
         COMPLETED = "completed", "Completed"
         ERROR = "error", "Error"
         CANCELLED = "cancelled", "Cancelled"
 
+    class Endpoint(models.TextChoices):
+        """The upstream API a request went to, named as OpenAI names it."""
+
+        CHAT_COMPLETIONS = "chat.completions", "Chat completions"
+        RESPONSES = "responses", "Responses"
+
     ERROR_MESSAGE_MAX_LENGTH = 500
     FINISH_REASON_MAX_LENGTH = 32
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_logs")
     created_at = models.DateTimeField(db_index=True)
+    endpoint = models.CharField(max_length=32, choices=Endpoint.choices, default=Endpoint.CHAT_COMPLETIONS)
     model = models.CharField(max_length=200)
     status = models.CharField(max_length=16, choices=Status.choices)
     prompt_tokens = models.PositiveIntegerField(default=0)
@@ -69,15 +76,25 @@ class UsageLog(models.Model):
         help_text="The upstream sent no usage (the stream was interrupted, or it does not report usage); "
         "the counts are estimated from the text.",
     )
+    cached_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Of the prompt tokens, those served from the provider's cache, where reported."
+    )
+    reasoning_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Of the completion tokens, those spent reasoning, where reported."
+    )
     time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField()
     upstream_request_id = models.CharField(max_length=200, blank=True)
+    upstream_response_id = models.CharField(
+        max_length=200, blank=True, help_text="The upstream's id of the answer (chatcmpl-…, resp_…)."
+    )
     error_message = models.CharField(max_length=ERROR_MESSAGE_MAX_LENGTH, blank=True)
     finish_reason = models.CharField(
         max_length=FINISH_REASON_MAX_LENGTH,
         blank=True,
-        help_text="Why the answer ended, as the upstream said (stop, length, tool_calls, content_filter); "
-        "empty when it did not end (an error, a cancellation).",
+        help_text="Why the answer ended, as the upstream said: chat completions' finish_reason (stop, length, "
+        "tool_calls, content_filter), a response's status or incomplete reason (completed, max_output_tokens, "
+        "failed); empty when it did not end (an error, a cancellation).",
     )
     tool_calls = models.PositiveIntegerField(default=0, help_text="How many tool calls the answer made.")
     api_key = models.ForeignKey(

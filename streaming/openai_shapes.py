@@ -1,4 +1,4 @@
-"""The JSON shapes of OpenAI's chat completions API, as its servers send them.
+"""The JSON shapes of OpenAI's chat completions and Responses APIs, as its servers send them.
 
 Everything that plays an OpenAI-compatible upstream builds its bodies here: the demo model, the
 test suite's fake upstream and the benchmark's upstream process. No Django import, so the
@@ -10,8 +10,11 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
+
+from .wire import sse_event
 
 
 @dataclass
@@ -110,3 +113,190 @@ def tool_call(call_id: str, name: str, arguments: str) -> dict:
 def error_body(message: str, code: str, type: str = "invalid_request_error") -> dict:
     """An error response body as OpenAI's API returns it."""
     return {"error": {"message": message, "type": type, "param": None, "code": code}}
+
+
+# --- The Responses API -------------------------------------------------------------------------
+
+# What a response object echoes of the request that made it, with OpenAI's defaults.
+RESPONSE_REQUEST_FIELDS: dict[str, Any] = {
+    "instructions": None,
+    "max_output_tokens": None,
+    "metadata": {},
+    "parallel_tool_calls": True,
+    "previous_response_id": None,
+    "reasoning": {"effort": None, "summary": None},
+    "store": True,
+    "temperature": 1.0,
+    "text": {"format": {"type": "text"}},
+    "tool_choice": "auto",
+    "tools": [],
+    "top_p": 1.0,
+}
+
+
+@dataclass
+class ResponseEventFactory:
+    """Builds one response's stream of Responses events, numbered in order, as OpenAI's API sends them.
+
+    Each method returns the SSE bytes of its events (`event: <type>` + `data: <json>`). Items are
+    added by output index; the final lifecycle event carries every finished item in `output`.
+    """
+
+    model: str
+    request: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: f"resp_{secrets.token_hex(24)}")
+    created_at: int = field(default_factory=lambda: int(time.time()))
+    sequence_number: int = 0
+    output: list[dict[str, Any]] = field(default_factory=list)
+
+    def event(self, type: str, **fields: Any) -> bytes:
+        payload = {"type": type, "sequence_number": self.sequence_number, **fields}
+        self.sequence_number += 1
+        return sse_event(orjson.dumps(payload), type)
+
+    def response(self, status: str, **fields: Any) -> dict[str, Any]:
+        """The response object in a lifecycle event."""
+        echoed = {name: self.request.get(name, default) for name, default in RESPONSE_REQUEST_FIELDS.items()}
+        if self.request.get("text") and "format" not in self.request["text"]:
+            echoed["text"] = {**RESPONSE_REQUEST_FIELDS["text"], **self.request["text"]}
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "background": False,
+            "error": None,
+            "incomplete_details": None,
+            "model": self.model,
+            "output": list(self.output) if status != "in_progress" else [],
+            "truncation": "disabled",
+            "usage": None,
+            "user": None,
+            **echoed,
+            **fields,
+        }
+
+    def created(self) -> bytes:
+        """`response.created` and `response.in_progress`: how every stream begins."""
+        return self.event("response.created", response=self.response("in_progress")) + self.event(
+            "response.in_progress", response=self.response("in_progress")
+        )
+
+    def message_start(self, output_index: int, item_id: str) -> bytes:
+        item = {"id": item_id, "type": "message", "status": "in_progress", "content": [], "role": "assistant"}
+        return self.event("response.output_item.added", output_index=output_index, item=item) + self.event(
+            "response.content_part.added",
+            item_id=item_id,
+            output_index=output_index,
+            content_index=0,
+            part=output_text(""),
+        )
+
+    def text_delta(self, output_index: int, item_id: str, delta: str) -> bytes:
+        return self.event(
+            "response.output_text.delta",
+            item_id=item_id,
+            output_index=output_index,
+            content_index=0,
+            delta=delta,
+            logprobs=[],
+        )
+
+    def message_done(self, output_index: int, item_id: str, text: str, *, status: str = "completed") -> bytes:
+        """The message item's end; it joins `output`."""
+        item = {"id": item_id, "type": "message", "status": status, "content": [output_text(text)], "role": "assistant"}
+        self.output.append(item)
+        return (
+            self.event(
+                "response.output_text.done",
+                item_id=item_id,
+                output_index=output_index,
+                content_index=0,
+                text=text,
+                logprobs=[],
+            )
+            + self.event(
+                "response.content_part.done",
+                item_id=item_id,
+                output_index=output_index,
+                content_index=0,
+                part=output_text(text),
+            )
+            + self.event("response.output_item.done", output_index=output_index, item=item)
+        )
+
+    def function_call_start(self, output_index: int, item_id: str, call_id: str, name: str) -> bytes:
+        item = function_call_item(item_id, call_id, name, "", status="in_progress")
+        return self.event("response.output_item.added", output_index=output_index, item=item)
+
+    def function_call_arguments(self, output_index: int, item_id: str, delta: str) -> bytes:
+        return self.event(
+            "response.function_call_arguments.delta", item_id=item_id, output_index=output_index, delta=delta
+        )
+
+    def function_call_done(
+        self, output_index: int, item_id: str, call_id: str, name: str, arguments: str, *, status: str = "completed"
+    ) -> bytes:
+        """The function call item's end; it joins `output`."""
+        item = function_call_item(item_id, call_id, name, arguments, status=status)
+        self.output.append(item)
+        return self.event(
+            "response.function_call_arguments.done",
+            item_id=item_id,
+            output_index=output_index,
+            name=name,
+            arguments=arguments,
+        ) + self.event("response.output_item.done", output_index=output_index, item=item)
+
+    def completed(
+        self, input_tokens: int, output_tokens: int, *, cached_tokens: int = 0, reasoning_tokens: int = 0
+    ) -> bytes:
+        usage = response_usage(
+            input_tokens, output_tokens, cached_tokens=cached_tokens, reasoning_tokens=reasoning_tokens
+        )
+        return self.event("response.completed", response=self.response("completed", usage=usage))
+
+    def incomplete(self, reason: str, input_tokens: int, output_tokens: int) -> bytes:
+        """The end of an answer cut short (`max_output_tokens`, `content_filter`)."""
+        return self.event(
+            "response.incomplete",
+            response=self.response(
+                "incomplete",
+                incomplete_details={"reason": reason},
+                usage=response_usage(input_tokens, output_tokens),
+            ),
+        )
+
+    def failed(self, message: str, code: str = "server_error") -> bytes:
+        return self.event("response.failed", response=self.response("failed", error={"code": code, "message": message}))
+
+    def error(self, message: str, code: str | None = None) -> bytes:
+        """An `error` event: the stream's end without a final response."""
+        return self.event("error", code=code, message=message, param=None)
+
+
+def output_text(text: str) -> dict[str, Any]:
+    """An `output_text` content part of a message item."""
+    return {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+
+
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str, *, status: str = "completed") -> dict:
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "arguments": arguments,
+        "call_id": call_id,
+        "name": name,
+    }
+
+
+def response_usage(input_tokens: int, output_tokens: int, *, cached_tokens: int = 0, reasoning_tokens: int = 0) -> dict:
+    """The `usage` object of a finished response."""
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached_tokens},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
+        "total_tokens": input_tokens + output_tokens,
+    }

@@ -33,6 +33,7 @@ from .errors import (
     ApiError,
     first_token_timeout,
     idle_timeout,
+    upstream_connection_lost,
     upstream_error,
     upstream_incomplete,
     upstream_malformed,
@@ -65,16 +66,22 @@ class ApiRequest(Protocol):
 class UpstreamApi(Protocol):
     """One upstream API's part in the relay: its call, and the meaning of its stream events."""
 
-    # What ends this API's stream in SSE framing (chat completions: `data: [DONE]`).
+    @property
+    def endpoint(self) -> str:
+        """The usage row's name for it (`UsageLog.Endpoint`)."""
+        ...
+
+    # What ends this API's stream in SSE framing (chat completions: `data: [DONE]`; Responses: nothing).
     sse_terminator: bytes
 
     def open(self, client: AsyncOpenAI, params: dict[str, Any]) -> AsyncResponseContextManager[AsyncAPIResponse]: ...
 
     def observe(self, event: str | None, payload: dict[str, Any], account: StreamAccount) -> ApiError | None:
-        """Account for one event (usage, output, the end of the answer); the error it reports, if any."""
+        """Account for one event (usage, output, the end of the answer); the error it reports, if any
+        (then the relay ends the stream with `error_event` instead of this event)."""
         ...
 
-    def error_event(self, error: ApiError) -> dict[str, Any]:
+    def error_event(self, error: ApiError, account: StreamAccount) -> dict[str, Any]:
         """A failure after the stream began, as an event in this API's shape."""
         ...
 
@@ -96,6 +103,7 @@ async def open_relay(
     account = StreamAccount(
         user=user,
         api_key=caller.api_key,
+        endpoint=api.endpoint,
         model=request.model,
         estimated_input_tokens=request.estimated_input_tokens(),
     )
@@ -234,9 +242,9 @@ class RelayStream:
                 self._failure = upstream_incomplete()
             if self._failure is not None:
                 account.fail(self._failure.message)
-                yield self._framing.error(self._api.error_event(self._failure))
+                yield self._framing.error(self._api.error_event(self._failure, account))
             else:
-                account.status = UsageLog.Status.COMPLETED
+                account.end()
                 end = self._framing.end(self._api.sse_terminator)
                 if end:
                     yield end
@@ -323,6 +331,8 @@ class RelayStream:
             return _opening_failure(exc, self._account)
         if not isinstance(exc, UPSTREAM_READ_ERRORS):
             logger.error("Unexpected failure reading the upstream stream", exc_info=exc)
+        elif not isinstance(exc, httpx2.TimeoutException):
+            return upstream_connection_lost()
         return upstream_error(exc)
 
     def _relay_events(self, events: list[SSEEvent]) -> bytes:
@@ -341,6 +351,7 @@ class RelayStream:
             self._failure = self._api.observe(event.event, payload, self._account)
             if self._failure is not None:
                 break
+            self._account.events += 1
             if not self._api.forwards(payload, self._request):
                 continue
             data = event.data if b"\n" not in event.data else orjson.dumps(payload)

@@ -17,6 +17,7 @@ def log_usage(row: UsageLog) -> None:
     _log(
         user_id=row.user_id,
         api_key_id=row.api_key_id,
+        endpoint=row.endpoint,
         model=row.model,
         status=row.status,
         finish_reason=row.finish_reason,
@@ -25,9 +26,12 @@ def log_usage(row: UsageLog) -> None:
         completion_tokens=row.completion_tokens,
         total_tokens=row.total_tokens,
         tokens_estimated=row.tokens_estimated,
+        cached_tokens=row.cached_tokens,
+        reasoning_tokens=row.reasoning_tokens,
         ttft_ms=row.time_to_first_token_ms,
         duration_ms=row.duration_ms,
         upstream_request_id=row.upstream_request_id,
+        upstream_response_id=row.upstream_response_id,
     )
 
 

@@ -1,7 +1,8 @@
 """The app's URLs; a site mounts them with `path("", include("streaming.urls"))` (or under a prefix).
 
-Names are in the "streaming" namespace: `streaming:chat` (the chat page), `streaming:chat-stream`,
-`streaming:api-keys` (the user's keys), and `streaming:v1-*` for OpenAI's API under `v1/`.
+Names are in the "streaming" namespace: `streaming:chat` (the chat page), `streaming:chat-stream` and
+`streaming:responses-stream` (the session's streaming APIs), `streaming:api-keys` (the user's keys),
+and `streaming:v1-*` for OpenAI's API under `v1/`.
 """
 
 from django.urls import path, re_path
@@ -13,10 +14,12 @@ app_name = "streaming"
 urlpatterns = [
     path("", views.chat_page, name="chat"),
     path("api/chat/stream", views.chat_stream, name="chat-stream"),
+    path("api/responses/stream", views.responses_stream, name="responses-stream"),
     path("keys/", key_views.api_keys_page, name="api-keys"),
     path("keys/<int:pk>/revoke", key_views.revoke_key, name="api-key-revoke"),
     # OpenAI's API, for SDKs and tools with a personal API key (base_url: the site's /v1).
     path("v1/chat/completions", v1_views.chat_completions, name="v1-chat-completions"),
+    path("v1/responses", v1_views.responses, name="v1-responses"),
     path("v1/models", v1_views.models, name="v1-models"),
     path("v1/models/<path:model_id>", v1_views.model, name="v1-model"),
     re_path(r"^v1(?:/(?P<path>.*))?$", v1_views.unknown_endpoint),

@@ -27,11 +27,20 @@ def estimate_tokens(chars: int) -> int:
 
 @dataclass(frozen=True)
 class ReportedUsage:
-    """Token counts as the upstream reported them, in chat-completions terms."""
+    """Token counts as the upstream reported them, in chat-completions terms (a response's input
+    tokens are prompt tokens, its output tokens completion tokens); details None where not given."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+def token_detail(usage: dict, details: str, name: str) -> int | None:
+    """A count inside a usage object's details (`prompt_tokens_details.cached_tokens`), if reported."""
+    value = (usage.get(details) or {}).get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 @dataclass
@@ -45,6 +54,7 @@ class StreamAccount:
     user: AbstractBaseUser
     model: str
     estimated_input_tokens: int
+    endpoint: str = UsageLog.Endpoint.CHAT_COMPLETIONS
     api_key: ApiKey | None = None
     started: float = field(default_factory=time.monotonic)
     created_at: datetime = field(default_factory=timezone.now)
@@ -57,6 +67,10 @@ class StreamAccount:
     # The tool calls made, each as (choice index, tool-call index).
     tool_calls: set[tuple[int, int]] = field(default_factory=set)
     request_id: str = ""
+    # The upstream's id of the answer (a chunk's or a response's `id`).
+    response_id: str = ""
+    # Events accounted for and relayed so far (an error event that ends the stream is not counted).
+    events: int = 0
     error_message: str = ""
 
     def output(self, text: str) -> None:
@@ -82,6 +96,11 @@ class StreamAccount:
         self.status = UsageLog.Status.ERROR
         self.error_message = message[: UsageLog.ERROR_MESSAGE_MAX_LENGTH]
 
+    def end(self) -> None:
+        """The stream ran to its end: completed, unless the upstream's own last event said it failed
+        (a Responses `response.failed`, relayed to the client as it came)."""
+        self.status = UsageLog.Status.ERROR if self.error_message else UsageLog.Status.COMPLETED
+
     def as_usage_log(self) -> UsageLog:
         if self.usage is None:
             prompt = self.estimated_input_tokens
@@ -94,15 +113,19 @@ class StreamAccount:
             user_id=self.user.pk,
             api_key=self.api_key,
             created_at=self.created_at,
+            endpoint=self.endpoint,
             model=self.model,
             status=self.status,
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=total,
             tokens_estimated=self.usage is None,
+            cached_tokens=self.usage.cached_tokens if self.usage else None,
+            reasoning_tokens=self.usage.reasoning_tokens if self.usage else None,
             time_to_first_token_ms=_ms(self.first_output_at - self.started) if self.first_output_at else None,
             duration_ms=_ms(ended - self.started),
             upstream_request_id=self.request_id[:200],
+            upstream_response_id=self.response_id[:200],
             error_message=self.error_message,
             finish_reason=self.finish_reason,
             tool_calls=len(self.tool_calls),

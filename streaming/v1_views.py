@@ -1,12 +1,15 @@
 """OpenAI's own API at `/v1`, for SDKs, scripts and tools, authenticated by personal API keys.
 
-The same request schema, relay, limits and usage rows as the page's API; only the front (a bearer
-key instead of the session) and the answer's shape (OpenAI's SSE, or one `chat.completion`) differ.
+The same request schemas, relay, limits and usage rows as the page's API; only the front (a bearer
+key instead of the session) and the answer's shape (OpenAI's SSE, or one `chat.completion` or
+`response` object) differ.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.db import close_old_connections
@@ -18,8 +21,11 @@ from .chat_completions import OPENAI_CHAT_COMPLETIONS, assemble_chat_completion
 from .conf import app_settings
 from .errors import ApiError, error_response, model_not_found, not_found
 from .fronts import bearer_key_front
-from .schemas.chat_completions import ChatCompletionRequest, parse_chat_completion_request
-from .views import accept_and_open, method_not_allowed_response, streaming_response
+from .relay import UpstreamApi
+from .responses import RESPONSES, assemble_response
+from .schemas.chat_completions import parse_chat_completion_request
+from .schemas.responses import parse_responses_request
+from .views import StreamedRequest, accept_and_open, method_not_allowed_response, streaming_response
 from .wire import Framing, NDJSONFraming, SSEFraming
 
 # Models have no creation date here; OpenAI's list shape needs one.
@@ -27,33 +33,53 @@ MODEL_CREATED = 0
 MODEL_OWNER = "chatproxy"
 
 
-def _framing(chat: ChatCompletionRequest) -> Framing:
+def _framing(request: StreamedRequest) -> Framing:
     """OpenAI's SSE for a stream; one event a line, to add up, for a single object."""
-    return SSEFraming if chat.stream else NDJSONFraming
+    return SSEFraming if request.stream else NDJSONFraming
 
 
 @csrf_exempt  # bearer keys only: no cookie is read, so there is nothing to forge
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     """`POST /v1/chat/completions`: a stream of chunks (`stream: true`) or one `chat.completion`."""
-    if request.method != "POST":
-        return method_not_allowed_response("POST")
-    opened = await accept_and_open(
+    return await _relay(
         request,
-        front=bearer_key_front,
         parse=partial(parse_chat_completion_request, stream_default=False),
         api=OPENAI_CHAT_COMPLETIONS,
-        framing=_framing,
+        assemble=assemble_chat_completion,
     )
+
+
+@csrf_exempt
+async def responses(request: HttpRequest) -> HttpResponseBase:
+    """`POST /v1/responses`: a stream of Responses events (`stream: true`) or one `response`."""
+    return await _relay(
+        request,
+        parse=partial(parse_responses_request, stream_default=False),
+        api=RESPONSES,
+        assemble=assemble_response,
+    )
+
+
+async def _relay(
+    request: HttpRequest,
+    *,
+    parse: Callable[[bytes], StreamedRequest],
+    api: UpstreamApi,
+    assemble: Callable[[list[dict[str, Any]]], dict[str, Any]],
+) -> HttpResponseBase:
+    """The bearer front's request: OpenAI's SSE, or the stream's events assembled into one object."""
+    if request.method != "POST":
+        return method_not_allowed_response("POST")
+    opened = await accept_and_open(request, front=bearer_key_front, parse=parse, api=api, framing=_framing)
     if isinstance(opened, ApiError):
         return error_response(opened)
-    chat, stream = opened
-    if chat.stream:
+    accepted, stream = opened
+    if accepted.stream:
         return streaming_response(stream)
     try:
-        chunks = await stream.collect()
+        return JsonResponse(assemble(await stream.collect()))
     except ApiError as error:  # recorded with its usage row
         return error_response(error)
-    return JsonResponse(assemble_chat_completion(chunks))
 
 
 def _model(model_id: str) -> dict[str, object]:

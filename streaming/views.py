@@ -4,7 +4,7 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -24,7 +24,9 @@ from .fronts import Caller, request_body, session_front
 from .limits import Admission, admit
 from .relay import ApiRequest, RelayStream, UpstreamApi, open_relay
 from .request_log import log_refusal
-from .schemas.chat_completions import ChatCompletionRequest, parse_chat_completion_request
+from .responses import RESPONSES
+from .schemas.chat_completions import parse_chat_completion_request
+from .schemas.responses import parse_responses_request
 from .wire import Framing, framing_for
 
 RequestT = TypeVar("RequestT")
@@ -56,13 +58,32 @@ def chat_page(request: HttpRequest) -> HttpResponse:
 @csrf_exempt  # the session front checks CSRF itself, after authentication
 async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     """Relay one streaming chat completion to a logged-in user of the page."""
+    return await page_stream(
+        request,
+        parse=streamed_only(parse_chat_completion_request, instead="/v1/chat/completions"),
+        api=CHAT_COMPLETIONS,
+    )
+
+
+@csrf_exempt
+async def responses_stream(request: HttpRequest) -> HttpResponseBase:
+    """Relay one streaming response (the Responses API) to a logged-in user of the site."""
+    return await page_stream(
+        request, parse=streamed_only(parse_responses_request, instead="/v1/responses"), api=RESPONSES
+    )
+
+
+async def page_stream(
+    request: HttpRequest, *, parse: Callable[[bytes], ApiRequest], api: UpstreamApi
+) -> HttpResponseBase:
+    """The session front's stream: NDJSON, or OpenAI's SSE for `Accept: text/event-stream`."""
     if request.method != "POST":
         return method_not_allowed_response("POST")
     opened = await accept_and_open(
         request,
         front=session_front,
-        parse=parse_page_request,
-        api=CHAT_COMPLETIONS,
+        parse=parse,
+        api=api,
         framing=lambda _: framing_for(request.headers.get("Accept", "")),
     )
     if isinstance(opened, ApiError):
@@ -70,11 +91,24 @@ async def chat_stream(request: HttpRequest) -> HttpResponseBase:
     return streaming_response(opened[1])
 
 
-def parse_page_request(body: bytes) -> ChatCompletionRequest:
-    chat = parse_chat_completion_request(body)
-    if not chat.stream:
-        raise stream_required(instead="/v1/chat/completions")
-    return chat
+class StreamedRequest(ApiRequest, Protocol):
+    @property
+    def stream(self) -> bool: ...
+
+
+StreamedRequestT = TypeVar("StreamedRequestT", bound=StreamedRequest)
+
+
+def streamed_only(parse: Callable[[bytes], StreamedRequestT], *, instead: str) -> Callable[[bytes], StreamedRequestT]:
+    """`parse`, refusing `stream: false`: the page's API only streams (`/v1` answers in one object)."""
+
+    def parse_streamed(body: bytes) -> StreamedRequestT:
+        parsed = parse(body)
+        if not parsed.stream:
+            raise stream_required(instead=instead)
+        return parsed
+
+    return parse_streamed
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,13 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from streaming.loopback_server import LoopbackHTTPServer, ResponseWriter, UpstreamRequest
-from streaming.openai_shapes import ChunkFactory, error_body
+from streaming.openai_shapes import ChunkFactory, ResponseEventFactory, error_body
 from streaming.wire import SSE_DONE, sse_event
 
 MID_STREAM_ERROR = sse_event(b'{"error": {"message": "The model crashed mid-answer.", "type": "server_error"}}')
+MID_STREAM_ERROR_MESSAGE = "The model crashed mid-answer."
+CHAT_CONTENT = b'"content":"'
+RESPONSE_TEXT_DELTA = b'"type":"response.output_text.delta"'
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,13 @@ class Reply:
     tool_calls: list[ScriptedToolCall] = field(default_factory=list)
     # Send each tool call whole in one delta (id, name and all its arguments), as some providers do.
     whole_tool_calls: bool = False
+    # Responses API only: end with `response.failed` after this many text deltas, or with
+    # `response.incomplete` for this reason instead of `response.completed`.
+    fail_after: int | None = None
+    incomplete_reason: str | None = None
+    # Responses API only: token details in the final usage.
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -133,13 +143,18 @@ class FakeUpstream(LoopbackHTTPServer):
         record = StreamRecord(request=request, started_at=time.monotonic())
         with self._lock:
             self.streams.append(record)
-        chunks = ChunkFactory(body["model"])
-        await response.start_stream({"x-request-id": f"req_{chunks.id[-12:]}"})
+        if request.path.endswith("/responses"):
+            answer = ResponseEventFactory(body["model"], request=body)
+            answer_id, events, content_marker = answer.id, _response_events(reply, answer), RESPONSE_TEXT_DELTA
+        else:
+            chunks = ChunkFactory(body["model"])
+            answer_id, events, content_marker = chunks.id, _events(reply, chunks, body), CHAT_CONTENT
+        await response.start_stream({"x-request-id": f"req_{answer_id[-12:]}"})
         if reply.hang:
             await response.client_closed.wait()
             record.client_closed_at = response.client_closed_at
             return
-        for index, event in enumerate(_events(reply, chunks, body)):
+        for index, event in enumerate(events):
             silence = (reply.delay if index else 0.0) + reply.pause_before.get(index, 0.0)
             if silence:
                 with contextlib.suppress(TimeoutError):
@@ -150,7 +165,7 @@ class FakeUpstream(LoopbackHTTPServer):
             if not await response.send(event):
                 break
             record.events_sent += 1
-            if b'"content":"' in event and b'"role"' not in event:
+            if content_marker in event and b'"role"' not in event:
                 record.content_sent_at.append(time.monotonic())
         else:
             await response.end_stream()
@@ -182,6 +197,46 @@ def _events(reply: Reply, chunks: ChunkFactory, body: dict) -> list[bytes | None
     if reply.send_done:
         events.append(SSE_DONE)
     return events
+
+
+def _response_events(reply: Reply, answer: ResponseEventFactory) -> list[bytes | None]:
+    """The Responses events of one reply: a message of the pieces (if any), then the function calls;
+    None stands for dropping the connection. Each event is sent on its own, as OpenAI sends them."""
+    events: list[bytes | None] = [*_split_events(answer.created())]
+    output_index = 0
+    if reply.pieces or not reply.tool_calls:
+        item_id = "msg_fake0"
+        events += _split_events(answer.message_start(output_index, item_id))
+        for index, piece in enumerate(reply.pieces):
+            if index == reply.error_after:
+                return [*events, answer.error(MID_STREAM_ERROR_MESSAGE, "server_error")]
+            if index == reply.fail_after:
+                return [*events, answer.failed(MID_STREAM_ERROR_MESSAGE)]
+            if index == reply.drop_after:
+                return [*events, None]
+            if index == reply.malformed_after:
+                return [*events, sse_event(b"this is not json", "response.output_text.delta")]
+            events.append(answer.text_delta(output_index, item_id, piece))
+        events += _split_events(answer.message_done(output_index, item_id, reply.text))
+        output_index += 1
+    for call in reply.tool_calls:
+        item_id = f"fc_fake{output_index}"
+        events.append(answer.function_call_start(output_index, item_id, call.id, call.name))
+        pieces = (call.arguments,) if reply.whole_tool_calls else call.argument_pieces
+        events += [answer.function_call_arguments(output_index, item_id, piece) for piece in pieces]
+        events += _split_events(answer.function_call_done(output_index, item_id, call.id, call.name, call.arguments))
+        output_index += 1
+    if reply.incomplete_reason:
+        events.append(answer.incomplete(reply.incomplete_reason, *reply.usage))
+    else:
+        events.append(
+            answer.completed(*reply.usage, cached_tokens=reply.cached_tokens, reasoning_tokens=reply.reasoning_tokens)
+        )
+    return events
+
+
+def _split_events(events: bytes) -> list[bytes | None]:
+    return [event + b"\n\n" for event in events.split(b"\n\n") if event]
 
 
 def _masked(request: UpstreamRequest) -> str:

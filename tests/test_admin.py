@@ -270,3 +270,14 @@ def test_usage_rows_say_which_key_made_them(staff, rows, keys):
     assert "1 usage log" in by_key and laptop.public_id in by_key
     by_page = staff.get("/admin/streaming/usagelog/?made_by=page").content.decode()
     assert "3 usage logs" in by_page and laptop.public_id not in by_page
+
+
+def test_the_changelist_shows_and_filters_the_endpoint_and_finds_a_row_by_the_upstreams_answer_id(staff, rows):
+    UsageLog.objects.filter(pk=rows[0].pk).update(endpoint="responses", upstream_response_id="resp_abc123")
+    page = staff.get("/admin/streaming/usagelog/").content.decode()
+    assert "Endpoint" in page and "Responses" in page and "Chat completions" in page
+    responses = staff.get("/admin/streaming/usagelog/?endpoint__exact=responses").content.decode()
+    assert "1 usage log" in responses
+    found = staff.get("/admin/streaming/usagelog/?q=resp_abc123").content.decode()
+    assert "1 usage log" in found
+    assert "0 usage logs" in staff.get("/admin/streaming/usagelog/?q=resp_abc").content.decode()  # ids match whole

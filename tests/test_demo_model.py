@@ -6,11 +6,12 @@ from typing import Literal
 
 import openai
 import pytest
-from openai import pydantic_function_tool
+from openai import OpenAI, pydantic_function_tool
 from pydantic import BaseModel
 
 from streaming.demo_model import DemoModelServer
 from streaming.models import UsageLog
+from tests.live_site import v1_url, wait_for_rows
 
 
 def test_demo_page_is_labelled_and_a_question_streams_an_answer(demo_client, user):
@@ -261,3 +262,199 @@ def test_the_site_streams_a_demo_tool_call(demo_client, user):
     assert len(rest) >= 3 and json.loads(arguments) == {"city": "Paris", "days": 3, "unit": "fahrenheit"}
     assert chunks[-2]["choices"][0]["finish_reason"] == "tool_calls"
     assert UsageLog.objects.get(user=user).completion_tokens == chunks[-1]["usage"]["completion_tokens"] == len(rest)
+
+
+# The demo server's Responses API, driven by the same SDK.
+
+WEATHER_FUNCTION = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "The weather forecast for a city.",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+        "additionalProperties": False,
+    },
+    "strict": True,
+}
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "days": {"type": "integer"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+    },
+    "required": ["city", "days", "unit"],
+    "additionalProperties": False,
+}
+MESSAGE_START = ["response.created", "response.in_progress", "response.output_item.added"]
+
+
+async def test_a_streamed_response_is_the_event_sequence_with_the_chat_answer(openai_client):
+    question = "What is chatproxy?"
+    async with openai_client.responses.stream(model=DEMO, input=question) as stream:
+        events = [event async for event in stream]
+        response = await stream.get_final_response()
+
+    deltas = [event for event in events if event.type == "response.output_text.delta"]
+    assert len(deltas) > 20, "the demo answer should stream word by word"
+    assert [event.type for event in events] == [
+        *MESSAGE_START,
+        "response.content_part.added",
+        *["response.output_text.delta"] * len(deltas),
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    lifecycle = [event.response for event in events if hasattr(event, "response")]
+    assert len(lifecycle) == 3 and {r.id for r in lifecycle} == {response.id} and response.id.startswith("resp_")
+    item_ids = {getattr(event, "item_id", None) or event.item.id for event in events[2:-1]}
+    assert item_ids == {response.output[0].id}
+    assert response.status == "completed" and response.output_text == "".join(d.delta for d in deltas)
+
+    chat = await openai_client.chat.completions.create(model=DEMO, messages=[{"role": "user", "content": question}])
+    assert response.output_text == chat.choices[0].message.content, "the same answer through both APIs"
+    assert f'"{question}"' in response.output_text
+    assert (response.usage.input_tokens, response.usage.output_tokens) == (
+        chat.usage.prompt_tokens,
+        chat.usage.completion_tokens,
+    )
+    assert response.usage.output_tokens == len(deltas)
+
+
+async def test_a_streamed_function_call_item_and_the_tool_loop(openai_client):
+    question = {"role": "user", "content": "What will the weather be? city: Oslo"}
+    async with openai_client.responses.stream(model=DEMO, input=[question], tools=[WEATHER_FUNCTION]) as stream:
+        events = [event async for event in stream]
+        response = await stream.get_final_response()
+
+    deltas = [event.delta for event in events if event.type == "response.function_call_arguments.delta"]
+    assert len(deltas) >= 3, "the arguments should stream in pieces"
+    assert [event.type for event in events] == [
+        *MESSAGE_START,
+        *["response.function_call_arguments.delta"] * len(deltas),
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ]
+    assert [event.sequence_number for event in events] == list(range(len(events)))
+    (call,) = response.output
+    assert call.type == "function_call" and call.name == "get_weather" and call.call_id.startswith("call_")
+    assert call.arguments == "".join(deltas) and json.loads(call.arguments) == {"city": "Oslo"}
+    assert call.parsed_arguments == {"city": "Oslo"}, "a strict tool's arguments parse in the SDK"
+    assert not response.output_text
+
+    result = "Rain in Oslo, 4 C"
+    answer = await openai_client.responses.create(
+        model=DEMO,
+        input=[
+            question,
+            {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+            {"type": "function_call_output", "call_id": call.call_id, "output": result},
+        ],
+        tools=[WEATHER_FUNCTION],
+    )
+    assert answer.status == "completed" and [item.type for item in answer.output] == ["message"]
+    assert f'The tool get_weather returned: "{result}".' in answer.output_text
+
+
+async def test_a_json_schema_format_gets_the_same_document_as_the_chat_response_format(openai_client):
+    question = "Forecast please. city: Paris, days: 3, unit: fahrenheit"
+    text_format = {"type": "json_schema", "name": "weather", "schema": WEATHER_SCHEMA, "strict": True}
+    response = await openai_client.responses.create(model=DEMO, input=question, text={"format": text_format})
+
+    forecast = json.loads(response.output_text)
+    assert forecast == {"city": "Paris", "days": 3, "unit": "fahrenheit"}
+    assert response.text.format.type == "json_schema" and response.text.format.name == "weather"
+
+    chat = await openai_client.chat.completions.create(
+        model=DEMO,
+        messages=[{"role": "user", "content": question}],
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "weather", "schema": WEATHER_SCHEMA, "strict": True},
+        },
+    )
+    assert json.loads(chat.choices[0].message.content) == forecast
+
+    parsed = await openai_client.responses.parse(model=DEMO, input=question, text_format=GetWeather)
+    assert parsed.output_parsed == GetWeather(city="Paris", days=3, unit="fahrenheit")
+
+
+async def test_max_output_tokens_cuts_the_answer_and_ends_with_response_incomplete(openai_client):
+    whole = await openai_client.responses.create(model=DEMO, input="Hi")
+    cut = await openai_client.responses.create(model=DEMO, input="Hi", max_output_tokens=16)
+    assert (cut.status, cut.incomplete_details.reason) == ("incomplete", "max_output_tokens")
+    assert cut.usage.output_tokens == 16 and cut.max_output_tokens == 16
+    assert whole.output_text.startswith(cut.output_text) and len(cut.output_text) < len(whole.output_text)
+    assert cut.output[0].status == "incomplete"
+
+    async with openai_client.responses.stream(model=DEMO, input="Hi", max_output_tokens=16) as stream:
+        events = [event async for event in stream]
+        with pytest.raises(RuntimeError, match="response.completed"):
+            await stream.get_final_response()
+    assert [event.type for event in events].count("response.output_text.delta") == 16
+    last = events[-1]
+    assert last.type == "response.incomplete" and "response.completed" not in [e.type for e in events]
+    assert last.response.incomplete_details.reason == "max_output_tokens"
+    assert last.response.output_text == cut.output_text
+
+
+async def test_instructions_and_an_input_image_are_read_as_the_chat_endpoint_reads_them(openai_client):
+    image = {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo=", "detail": "auto"}
+    content = [{"type": "input_text", "text": "What is in"}, image, {"type": "input_text", "text": "this picture?"}]
+    response = await openai_client.responses.create(
+        model=DEMO, instructions="Answer briefly.", input=[{"role": "user", "content": content}]
+    )
+
+    text = response.output_text
+    assert "I received 1 image;" in text and '"What is in this picture?"' in text
+    assert "(message 1 of this conversation)" in text, "the instructions are not a user message"
+    assert response.instructions == "Answer briefly."
+
+
+# Through the live demo site.
+
+
+def test_the_demo_site_answers_v1_responses_and_logs_a_responses_row(demo_site, user, api_key):
+    with OpenAI(base_url=v1_url(demo_site), api_key=api_key, max_retries=0) as client:
+        response = client.responses.create(model=DEMO, input="Say hello.")
+        with client.responses.stream(model=DEMO, input="Say hello.") as stream:
+            types = [event.type for event in stream]
+            streamed = stream.get_final_response()
+
+    assert response.status == "completed" and response.id.startswith("resp_")
+    assert "demo model" in response.output_text and '"Say hello."' in response.output_text
+    assert streamed.output_text == response.output_text and streamed.id != response.id
+    assert types[:2] == ["response.created", "response.in_progress"] and types[-1] == "response.completed"
+    row, streamed_row = wait_for_rows(user, 2)
+    assert streamed_row.upstream_response_id == streamed.id and streamed_row.endpoint == "responses"
+    assert (row.endpoint, row.status, row.model, row.finish_reason) == (
+        UsageLog.Endpoint.RESPONSES,
+        "completed",
+        DEMO,
+        "completed",
+    )
+    assert row.upstream_response_id == response.id and row.api_key is not None
+    assert not row.tokens_estimated and row.completion_tokens == response.usage.output_tokens
+    assert row.prompt_tokens == response.usage.input_tokens and row.tool_calls == 0
+
+
+def test_the_demo_site_streams_responses_events_as_ndjson(demo_client, user):
+    with demo_client.stream("POST", "/api/responses/stream", json={"input": "What is chatproxy?"}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("application/x-ndjson")
+        events = [json.loads(line) for line in response.iter_lines() if line.strip()]
+
+    assert all(isinstance(event.get("type"), str) for event in events)
+    assert [event["sequence_number"] for event in events] == list(range(len(events)))
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed"
+    text = "".join(event["delta"] for event in events if event["type"] == "response.output_text.delta")
+    final = events[-1]["response"]
+    assert text == final["output"][0]["content"][0]["text"] and '"What is chatproxy?"' in text
+    (row,) = wait_for_rows(user)
+    assert (row.endpoint, row.status, row.upstream_response_id) == ("responses", "completed", final["id"])
+    assert row.completion_tokens == final["usage"]["output_tokens"] and not row.tokens_estimated

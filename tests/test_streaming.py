@@ -153,7 +153,7 @@ def test_mid_stream_error_in_sse_is_an_error_event_without_done(site_client, fak
 @pytest.mark.parametrize(
     ("reply", "code"),
     [
-        (Reply(pieces=["a", "b", "c"], drop_after=2), "upstream_unreachable"),
+        (Reply(pieces=["a", "b", "c"], drop_after=2), "upstream_connection_lost"),
         (Reply(pieces=["a", "b", "c"], malformed_after=1), "upstream_malformed"),
         (Reply(pieces=["a", "b"], send_done=False, include_usage=False, drop_after=None, error_after=None), None),
     ],

@@ -6,6 +6,7 @@
 //   CHATPROXY_EXPECTED  JSON: {"pieces": [...], "usage": {...}, "min_spread_ms": n}
 //                       or {"pieces": [...before the error], "error": "message"}
 //                       or {"request": {...the body to send}, "tool_calls": [...as reassembled], ...}
+//                       (the Responses tests: {"request", "text", "usage", "function_calls", "error", ...})
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
@@ -13,6 +14,8 @@ import { APIError } from "openai";
 import OpenAI, { AuthenticationError, BadRequestError, NotFoundError } from "openai";
 import { Stream } from "openai/core/streaming";
 import { ChatCompletionStream } from "openai/lib/ChatCompletionStream";
+import { toResponseInputItems } from "openai/lib/responses/ResponseInputItems";
+import { ResponseStream } from "openai/lib/responses/ResponseStream";
 
 function setting(name) {
   const value = process.env[name];
@@ -222,6 +225,166 @@ test("ndjson: a structured-output answer parses as the JSON the upstream sent", 
   const response = await postChat(await logIn(), "application/x-ndjson", EXPECTED.request);
   const { completion } = await readAnswer(ChatCompletionStream.fromReadableStream(response.body));
   assert.deepEqual(JSON.parse(completion.choices[0].message.content), EXPECTED.json);
+});
+
+// --- The Responses API through the session: POST /api/responses/stream -----------------------
+// Run by the Responses tests of tests/test_node_interop.py. The NDJSON body is one Responses event
+// per line, which `ResponseStream.fromReadableStream` reads as a browser front end would.
+
+async function postResponses(jar, accept, body = EXPECTED.request) {
+  const response = await fetch(`${SITE}/api/responses/stream`, {
+    method: "POST",
+    headers: {
+      "Content-Type": "application/json",
+      Accept: accept,
+      "X-CSRFToken": jar.get("csrftoken"),
+      Cookie: jar.header(),
+    },
+    body: JSON.stringify(body),
+  });
+  assert.equal(response.status, 200, `the site answered ${response.status}: ${response.ok ? "" : await response.text()}`);
+  return response;
+}
+
+/** A ResponseStream over the NDJSON body, noting each text delta and when it arrived. */
+function readResponse(response) {
+  assert.match(response.headers.get("content-type"), /^application\/x-ndjson/);
+  const stream = ResponseStream.fromReadableStream(response.body);
+  const deltas = [];
+  stream.on("response.output_text.delta", (event) => deltas.push({ delta: event.delta, at: performance.now() }));
+  return { stream, deltas };
+}
+
+/** The function_call items of a response, as the tests compare them. */
+function functionCalls(response) {
+  return response.output
+    .filter((item) => item.type === "function_call")
+    .map(({ call_id, name, arguments: args }) => ({ call_id, name, arguments: args }));
+}
+
+/** Expects `stream` to reject with an APIError carrying `message`; returns the error. */
+async function assertRejectsWithApiError(stream, message, code) {
+  let caught;
+  await assert.rejects(stream.finalResponse(), (error) => {
+    assert.ok(error instanceof APIError, `expected an APIError, got ${error}`);
+    assert.ok(error.message.includes(message), `unexpected message: ${error.message}`);
+    if (code !== undefined) assert.equal(error.code, code);
+    caught = error;
+    return true;
+  });
+  return caught;
+}
+
+test("responses: ResponseStream.fromReadableStream reads the answer as it streams", async () => {
+  const { stream, deltas } = readResponse(await postResponses(await logIn(), "application/x-ndjson"));
+  const response = await stream.finalResponse();
+
+  assert.equal(response.status, "completed");
+  assert.equal(response.output_text, EXPECTED.pieces.join(""));
+  assert.equal(response.usage.input_tokens, EXPECTED.usage.input_tokens);
+  assert.equal(response.usage.output_tokens, EXPECTED.usage.output_tokens);
+  assert.deepEqual(
+    deltas.map(({ delta }) => delta),
+    EXPECTED.pieces,
+  );
+  const spread = deltas.at(-1).at - deltas[0].at;
+  assert.ok(
+    spread >= EXPECTED.min_spread_ms,
+    `the deltas arrived within ${spread.toFixed(0)} ms; the upstream spread them over at least ${EXPECTED.min_spread_ms} ms`,
+  );
+});
+
+test("responses: streamed function-call arguments reassemble into the final response", async () => {
+  const { stream } = readResponse(await postResponses(await logIn(), "application/x-ndjson"));
+  const done = [];
+  stream.on("response.function_call_arguments.done", ({ name, arguments: args }) => done.push({ name, arguments: args }));
+  const response = await stream.finalResponse();
+
+  assert.equal(response.status, "completed");
+  assert.deepEqual(functionCalls(response), EXPECTED.function_calls);
+  assert.deepEqual(
+    done,
+    EXPECTED.function_calls.map(({ name, arguments: args }) => ({ name, arguments: args })),
+  );
+});
+
+test("responses: an upstream error event mid-stream rejects the ResponseStream with an APIError", async () => {
+  const { stream, deltas } = readResponse(await postResponses(await logIn(), "application/x-ndjson"));
+  const errors = [];
+  stream.on("error", (error) => errors.push(error));
+
+  await assertRejectsWithApiError(stream, EXPECTED.error, EXPECTED.code);
+  assert.equal(errors.length, 1, "no `error` event was emitted");
+  assert.deepEqual(
+    deltas.map(({ delta }) => delta),
+    EXPECTED.pieces,
+  );
+});
+
+test("responses: a dropped upstream rejects the ResponseStream instead of hanging", async () => {
+  const { stream, deltas } = readResponse(await postResponses(await logIn(), "application/x-ndjson"));
+  // The Python side bounds the whole run; this bounds the wait for the rejection itself.
+  const watchdog = setTimeout(() => stream.abort(), 15_000);
+  try {
+    await assertRejectsWithApiError(stream, EXPECTED.error, EXPECTED.code);
+  } finally {
+    clearTimeout(watchdog);
+  }
+  assert.deepEqual(
+    deltas.map(({ delta }) => delta),
+    EXPECTED.pieces,
+  );
+});
+
+test("responses: a tool-call loop sends the function output back and reads the final answer", async () => {
+  const jar = await logIn();
+  const first = await readResponse(await postResponses(jar, "application/x-ndjson")).stream.finalResponse();
+  const [call, ...others] = first.output.filter((item) => item.type === "function_call");
+  assert.equal(others.length, 0);
+  assert.equal(call.name, "get_local_time");
+  const result = { city: JSON.parse(call.arguments).city, time: "14:05" };
+
+  // The SDK's finalResponse() adds `parsed_arguments` to function calls, which the API refuses as
+  // input (as OpenAI's does); toResponseInputItems strips it, as the SDK's own tool runner does.
+  const followUp = {
+    ...EXPECTED.request,
+    input: [
+      { role: "user", content: EXPECTED.request.input },
+      ...toResponseInputItems([call]),
+      { type: "function_call_output", call_id: call.call_id, output: JSON.stringify(result) },
+    ],
+  };
+  const { stream, deltas } = readResponse(await postResponses(jar, "application/x-ndjson", followUp));
+  const answer = await stream.finalResponse();
+  assert.equal(answer.status, "completed");
+  assert.equal(answer.output_text, EXPECTED.final_text);
+  assert.equal(deltas.map(({ delta }) => delta).join(""), EXPECTED.final_text);
+});
+
+test("responses: sse framing carries the events in order, each named by its type", async () => {
+  const response = await postResponses(await logIn(), "text/event-stream");
+  assert.match(response.headers.get("content-type"), /^text\/event-stream/);
+
+  const events = [];
+  for await (const { event, data } of Stream.fromSSEResponse(response, new AbortController(), undefined, true)) {
+    events.push({ event, data });
+  }
+  const types = events.map(({ data }) => data.type);
+  assert.deepEqual(types.slice(0, 2), ["response.created", "response.in_progress"]);
+  assert.equal(types.at(-1), "response.completed");
+  assert.equal(types.filter((type) => type === "response.completed").length, 1);
+  for (const { event, data } of events) assert.equal(event, data.type, "the SSE event name is not the event's type");
+  assert.deepEqual(
+    events.map(({ data }) => data.sequence_number),
+    events.map((_, index) => index),
+  );
+  const text = events.filter(({ data }) => data.type === "response.output_text.delta").map(({ data }) => data.delta);
+  assert.deepEqual(text, EXPECTED.pieces);
+  const ids = new Set(events.filter(({ data }) => data.response).map(({ data }) => data.response.id));
+  assert.equal(ids.size, 1, "the lifecycle events name different responses");
+  const final = events.at(-1).data.response;
+  assert.equal(final.usage.input_tokens, EXPECTED.usage.input_tokens);
+  assert.equal(final.usage.output_tokens, EXPECTED.usage.output_tokens);
 });
 
 // --- /v1 with a personal API key: the SDK as any Node program uses it ------------------------
