@@ -13,7 +13,7 @@ from openai.types.chat import ChatCompletionChunk, ChatCompletionStreamOptionsPa
 from .errors import ApiError, upstream_event_error
 from .models import UsageLog
 from .schemas.chat_completions import ChatCompletionRequest
-from .usage import ReportedUsage, StreamAccount, token_detail
+from .usage import StreamAccount, reported_usage
 from .wire import SSE_DONE
 
 
@@ -56,7 +56,7 @@ class ChatCompletionsApi:
             return upstream_event_error(payload)
         usage = payload.get("usage")
         if usage:
-            account.usage = _reported_usage(usage)
+            account.usage = reported_usage(usage, prompt="prompt_tokens", completion="completion_tokens")
         if not account.response_id and isinstance(payload.get("id"), str):
             account.response_id = payload["id"]
         for choice in payload.get("choices") or ():
@@ -128,16 +128,3 @@ def _index(item: dict[str, Any]) -> int:
     """A choice's or tool call's `index` (0 where the upstream left it out)."""
     index = item.get("index")
     return index if isinstance(index, int) else 0
-
-
-def _reported_usage(usage: dict[str, Any]) -> ReportedUsage | None:
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not (isinstance(prompt, int) and isinstance(completion, int)):
-        return None
-    return ReportedUsage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=usage.get("total_tokens") or prompt + completion,
-        cached_tokens=token_detail(usage, "prompt_tokens_details", "cached_tokens"),
-        reasoning_tokens=token_detail(usage, "completion_tokens_details", "reasoning_tokens"),
-    )

@@ -16,7 +16,7 @@ from openai._response import AsyncAPIResponse, AsyncResponseContextManager
 
 from .errors import ApiError, redact_secrets, upstream_event_error, upstream_incomplete
 from .models import UsageLog
-from .usage import ReportedUsage, StreamAccount, token_detail
+from .usage import StreamAccount, reported_usage
 
 # Events whose `delta` is generated text: the answer, a refusal, a function call's arguments, reasoning.
 TEXT_DELTAS = frozenset(
@@ -128,7 +128,7 @@ def _account_response(kind: str, response: dict[str, Any], account: StreamAccoun
         return
     usage = response.get("usage")
     if isinstance(usage, dict):
-        account.usage = _reported_usage(usage)
+        account.usage = reported_usage(usage, prompt="input_tokens", completion="output_tokens")
     if kind == "response.completed":
         account.finish("completed")
     elif kind == "response.incomplete":
@@ -140,19 +140,6 @@ def _account_response(kind: str, response: dict[str, Any], account: StreamAccoun
         message = error.get("message") if isinstance(error, dict) else None
         account.fail(redact_secrets(message) if isinstance(message, str) and message else FAILED_MESSAGE)
         account.finish("failed")
-
-
-def _reported_usage(usage: dict[str, Any]) -> ReportedUsage | None:
-    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
-    if not (isinstance(prompt, int) and isinstance(completion, int)):
-        return None
-    return ReportedUsage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=usage.get("total_tokens") or prompt + completion,
-        cached_tokens=token_detail(usage, "input_tokens_details", "cached_tokens"),
-        reasoning_tokens=token_detail(usage, "output_tokens_details", "reasoning_tokens"),
-    )
 
 
 def _output_index(event: dict[str, Any]) -> int:

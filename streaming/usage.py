@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -37,8 +38,22 @@ class ReportedUsage:
     reasoning_tokens: int | None = None
 
 
-def token_detail(usage: dict, details: str, name: str) -> int | None:
-    """A count inside a usage object's details (`prompt_tokens_details.cached_tokens`), if reported."""
+def reported_usage(usage: dict[str, Any], *, prompt: str, completion: str) -> ReportedUsage | None:
+    """The counts of an upstream's usage object whose fields are named `prompt` and `completion`
+    (chat: `prompt_tokens`; Responses: `input_tokens`), with their `<name>_details`; None if it has none."""
+    prompt_tokens, completion_tokens = usage.get(prompt), usage.get(completion)
+    if not (isinstance(prompt_tokens, int) and isinstance(completion_tokens, int)):
+        return None
+    return ReportedUsage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=usage.get("total_tokens") or prompt_tokens + completion_tokens,
+        cached_tokens=_token_detail(usage, f"{prompt}_details", "cached_tokens"),
+        reasoning_tokens=_token_detail(usage, f"{completion}_details", "reasoning_tokens"),
+    )
+
+
+def _token_detail(usage: dict[str, Any], details: str, name: str) -> int | None:
     value = (usage.get(details) or {}).get(name)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 

@@ -97,21 +97,25 @@ async function readAnswer(runner) {
   return { completion, deltas };
 }
 
-function assertStreamedAsExpected({ completion, deltas }) {
-  assert.equal(completion.choices[0].message.content, EXPECTED.pieces.join(""));
-  assert.equal(completion.choices[0].finish_reason, "stop");
-  assert.deepEqual(completion.usage, EXPECTED.usage);
-  // One `content` event per piece the upstream sent, in order...
-  assert.deepEqual(
-    deltas.map(({ delta }) => delta),
-    EXPECTED.pieces,
-  );
-  // ...and each when it was sent, not all together at the end.
+// Each delta arrived when the upstream sent it, not all together at the end.
+function assertSpreadOut(deltas) {
   const spread = deltas.at(-1).at - deltas[0].at;
   assert.ok(
     spread >= EXPECTED.min_spread_ms,
     `the deltas arrived within ${spread.toFixed(0)} ms; the upstream spread them over at least ${EXPECTED.min_spread_ms} ms`,
   );
+}
+
+function assertStreamedAsExpected({ completion, deltas }) {
+  assert.equal(completion.choices[0].message.content, EXPECTED.pieces.join(""));
+  assert.equal(completion.choices[0].finish_reason, "stop");
+  assert.deepEqual(completion.usage, EXPECTED.usage);
+  // One `content` event per piece the upstream sent, in order, each when it was sent.
+  assert.deepEqual(
+    deltas.map(({ delta }) => delta),
+    EXPECTED.pieces,
+  );
+  assertSpreadOut(deltas);
 }
 
 test("ndjson: ChatCompletionStream.fromReadableStream reads the answer as it streams", async () => {
@@ -287,11 +291,7 @@ test("responses: ResponseStream.fromReadableStream reads the answer as it stream
     deltas.map(({ delta }) => delta),
     EXPECTED.pieces,
   );
-  const spread = deltas.at(-1).at - deltas[0].at;
-  assert.ok(
-    spread >= EXPECTED.min_spread_ms,
-    `the deltas arrived within ${spread.toFixed(0)} ms; the upstream spread them over at least ${EXPECTED.min_spread_ms} ms`,
-  );
+  assertSpreadOut(deltas);
 });
 
 test("responses: streamed function-call arguments reassemble into the final response", async () => {
