@@ -70,6 +70,16 @@ class StreamSpec:
         return f"chatcmpl-{self.tag}"
 
     @property
+    def response_id(self) -> str:
+        """A Responses answer's `response.id` (in its lifecycle events), tagged like `completion_id`."""
+        return f"resp_{self.tag}"
+
+    @property
+    def item_id(self) -> str:
+        """The `item_id` of a Responses answer's message item, which every text delta carries."""
+        return f"msg_{self.tag}"
+
+    @property
     def paced_seconds(self) -> float:
         """How long the upstream takes to send the whole answer."""
         return self.chunks * self.delay_ms / 1000

@@ -11,8 +11,12 @@ TARGET_LABELS = {
     "direct": "direct",
     "proxy": "proxy (session)",
     "proxy_v1": "proxy /v1 (bearer key)",
+    "direct_responses": "direct Responses",
+    "proxy_responses": "proxy Responses (session)",
 }
-PROXY_TARGETS = ("proxy", "proxy_v1")
+# The chat completions proxies (the page's API and /v1), and every proxy target.
+CHAT_PROXY_TARGETS = ("proxy", "proxy_v1")
+PROXY_TARGETS = (*CHAT_PROXY_TARGETS, "proxy_responses")
 
 
 def _ms(seconds: float | None) -> str:
@@ -76,10 +80,10 @@ def _run_row(server: str, workload: str, concurrency: str, run: dict, verdict: s
 
 
 def _workload_rows(server: str, workload: str, concurrency: str, entry: dict) -> list[list[str]]:
-    """One row per target the workload ran against: direct, the page's API, and /v1 where measured."""
-    verdicts = {"proxy": entry["verdict"], "proxy_v1": entry.get("proxy_v1_verdict", "")}
+    """One row per target the workload ran against: direct, the page's API, and /v1 where measured;
+    or direct and the page's API for the Responses API. `verdict` is the page API's, `<target>_verdict` another's."""
     return [
-        _run_row(server, workload, concurrency, entry[target], verdicts.get(target, ""))
+        _run_row(server, workload, concurrency, entry[target], entry.get(f"{target}_verdict", entry["verdict"]))
         for target in TARGET_LABELS
         if target in entry
     ]
@@ -166,7 +170,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ],
         summary_rows,
     )
-    lines += ["", *_api_comparison(results), "", "## All runs", ""]
+    lines += ["", *_api_comparison(results), "", *_responses_comparison(results), "", "## All runs", ""]
     rows = []
     for name, server in results["servers"].items():
         latency = server["latency"]
@@ -177,6 +181,8 @@ def render_markdown(results: dict[str, Any]) -> str:
             rows += _workload_rows(name, level["workload"], str(level["concurrency"]), level)
         cpu = server["cpu_bound"]
         rows += _workload_rows(name, cpu["workload"], str(cpu["concurrency"]), cpu)
+        for entry in server["responses"].values():
+            rows += _workload_rows(name, f"{entry['workload']} (Responses)", str(entry["concurrency"]), entry)
     lines += _table(
         [
             "server",
@@ -258,7 +264,7 @@ def _api_comparison(results: dict[str, Any]) -> list[str]:
         latency, rate, cpu = server["latency"], server["request_rate"], server["cpu_bound"]
         request_concurrency = str(rate["concurrency"])
         direct = latency["direct"]
-        for target in PROXY_TARGETS:
+        for target in CHAT_PROXY_TARGETS:
             run = latency[target]
             rows.append(
                 [
@@ -304,6 +310,100 @@ def _api_comparison(results: dict[str, Any]) -> list[str]:
         rows,
     )
     return lines
+
+
+def _responses_comparison(results: dict[str, Any]) -> list[str]:
+    """The Responses API against chat completions on the page's API: the same streams, the same
+    relay, as Responses events; "per chunk" is per content event (`response.output_text.delta`)."""
+    lines = [
+        "## Responses API (the page's `/api/responses/stream`) against chat completions (`/api/chat/stream`)",
+        "",
+        "Same paced and CPU-bound workloads; a content chunk is a chat chunk with `delta.content` or a "
+        "`response.output_text.delta` event (a Responses answer also has 8 lifecycle/item events around its deltas, "
+        "chat 3 chunks). TTFB added is over the same API straight at the upstream.",
+        "",
+    ]
+    rows = []
+    for name, server in results["servers"].items():
+        responses = server["responses"]
+        paced = responses["paced"]
+        chat_paced = next((row for row in server["paced"] if row["concurrency"] == paced["concurrency"]), None)
+        pairs = [
+            (
+                f"{paced['workload']} ({paced['level_choice']})",
+                str(paced["concurrency"]),
+                chat_paced,
+                paced,
+            ),
+            (
+                responses["cpu_bound"]["workload"],
+                str(responses["cpu_bound"]["concurrency"]),
+                server["cpu_bound"],
+                responses["cpu_bound"],
+            ),
+        ]
+        for workload, concurrency, chat, entry in pairs:
+            chat_run = chat["proxy"] if chat else None
+            run = entry["proxy_responses"]
+            if chat and chat_run:
+                rows.append(
+                    _api_row(name, workload, concurrency, "chat completions", chat_run, chat["direct"], chat["verdict"])
+                )
+            rows.append(
+                _api_row(name, workload, concurrency, "Responses", run, entry["direct_responses"], entry["verdict"])
+            )
+            if chat_run:
+                chat_us, responses_us = chat_run["server_cpu_us_per_chunk"], run["server_cpu_us_per_chunk"]
+                ratio = f"{responses_us / chat_us:.2f}× chat per event" if chat_us and responses_us else ""
+                rows.append(
+                    [
+                        name,
+                        workload,
+                        concurrency,
+                        "**Responses minus chat**",
+                        _added_pair(run, chat_run, "ttfb"),
+                        "",
+                        _difference(run["chunks_per_second"], chat_run["chunks_per_second"]),
+                        _difference(responses_us, chat_us, 1),
+                        ratio,
+                    ]
+                )
+    lines += _table(
+        [
+            "server",
+            "workload",
+            "c",
+            "API",
+            "TTFB p50 / p99 ms",
+            "TTFB added p50 / p99",
+            "content chunks (events)/s",
+            "server CPU µs/content event",
+            "verdict",
+        ],
+        rows,
+    )
+    return lines
+
+
+def _api_row(
+    server: str, workload: str, concurrency: str, api: str, run: dict, direct: dict, verdict: str
+) -> list[str]:
+    return [
+        server,
+        workload,
+        concurrency,
+        api,
+        _pair(run["ttfb_p50"], run["ttfb_p99"]),
+        _added_pair(run, direct, "ttfb"),
+        _number(run["chunks_per_second"]),
+        _number(run["server_cpu_us_per_chunk"], 1),
+        verdict,
+    ]
+
+
+def _added_pair(run: dict, baseline: dict, measure: str) -> str:
+    """`run` minus `baseline` at p50 and p99 of `measure` ("ttfb", "ttft")."""
+    return " / ".join(_added(run[f"{measure}_{p}"], baseline[f"{measure}_{p}"]) for p in ("p50", "p99"))
 
 
 def write_results(results: dict[str, Any], directory: Path, stamp: str) -> tuple[Path, Path]:

@@ -53,9 +53,11 @@ from bench.site import (
 from bench.upstream import new_event_loop, raise_file_limit
 from bench.workloads import (
     DIRECT,
+    DIRECT_RESPONSES,
     HARNESS_BUSY_LIMIT,
     HARNESS_HEADROOM,
     PROXY,
+    PROXY_RESPONSES,
     PROXY_V1,
     AbortMetrics,
     Probes,
@@ -90,7 +92,7 @@ class BenchSettings:
     paced_rounds: int = 2
     cpu_concurrency: int = 10
     cpu_chunks: int = 2000
-    cpu_rounds: int = 2
+    cpu_rounds: int = 5
     # Request rate: one-chunk answers, so each request's own cost (authentication, admission, the
     # usage row) is what the server spends its CPU on.
     request_concurrency: int = 10
@@ -447,11 +449,13 @@ class Benchmark:
             self.sessions = tuple([await log_in(port, account) for account in accounts])
         proxy = Target(PROXY, port, sessions=self.sessions)
         proxy_v1 = Target(PROXY_V1, port, api_keys=self.api_keys)
+        direct_responses = Target(DIRECT_RESPONSES, direct.port, api_key=direct.api_key)
+        proxy_responses = Target(PROXY_RESPONSES, port, sessions=self.sessions)
         # The server's CPU time is read in direct runs too (it should stay idle there).
         probes = Probes(upstream_pid, pid, self.pinning.server_cpu, self.pinning.harness_cpu)
 
         progress(f"{kind.name}: warm-up")
-        for target in (direct, proxy, proxy_v1):
+        for target in (direct, proxy, proxy_v1, direct_responses, proxy_responses):
             warmup = await cpu_bound(target, probes, 4, max(1, settings.warmup_streams // 4), 20)
             self.ledger.add_run(f"{kind.name} warm-up", warmup)
 
@@ -554,9 +558,47 @@ class Benchmark:
             None,
         )
 
+        # The Responses API at the highest level the chat proxy kept pace at (the first level tried
+        # if it kept pace at none): the same streams, as Responses events.
+        responses_level = max_kept if max_kept is not None else settings.paced_levels[0]
+        level_choice = (
+            "the highest level the chat proxy kept pace at"
+            if max_kept is not None
+            else "the first level tried (the chat proxy kept pace at none)"
+        )
+        chat_at_level = next(row for row in paced_rows if row["concurrency"] == responses_level)
+        direct_responses_paced, proxy_responses_paced = await self.compare(
+            f"{kind.name} {paced_name} c={responses_level} (Responses)",
+            lambda target: paced_level(
+                target,
+                probes,
+                responses_level,
+                settings.paced_rounds,
+                settings.paced_chunks,
+                settings.paced_delay_ms,
+            ),
+            direct_responses,
+            proxy_responses,
+        )
+        responses_paced_saturated = saturation(
+            direct_responses_paced, proxy_responses_paced, paced=True, cpu_bound=False
+        )
+        if responses_paced_saturated:
+            responses_paced_verdict = responses_paced_saturated
+        elif proxy_responses_paced.keeps_pace:
+            responses_paced_verdict = "keeps pace"
+        else:
+            responses_paced_verdict = f"falls behind: {proxy_responses_paced.pace_failure()}"
+        progress(
+            f"{kind.name}: {paced_name} c={responses_level} (Responses): {responses_paced_verdict} "
+            f"(proxy TTFB p99 {(proxy_responses_paced.ttfb_p99 or 0) * 1000:.0f} ms, "
+            f"{proxy_responses_paced.server_cpu_us_per_chunk or 0:.1f} µs CPU/event; chat "
+            f"{chat_at_level['proxy']['server_cpu_us_per_chunk'] or 0:.1f} µs CPU/chunk)"
+        )
+
         cpu_name = f"CPU-bound {settings.cpu_chunks}×0 ms"
-        progress(f"{kind.name}: {cpu_name}, c={settings.cpu_concurrency}")
-        direct_cpu, proxy_cpu, v1_cpu = await self.compare(
+        progress(f"{kind.name}: {cpu_name}, c={settings.cpu_concurrency} (chat and Responses)")
+        direct_cpu, proxy_cpu, v1_cpu, direct_responses_cpu, proxy_responses_cpu = await self.compare(
             f"{kind.name} {cpu_name}",
             lambda target: cpu_bound(
                 target,
@@ -568,13 +610,18 @@ class Benchmark:
             direct,
             proxy,
             proxy_v1,
+            direct_responses,
+            proxy_responses,
         )
         cpu_saturated = saturation(direct_cpu, proxy_cpu, paced=False, cpu_bound=True)
         v1_cpu_saturated = saturation(direct_cpu, v1_cpu, paced=False, cpu_bound=True)
+        responses_cpu_saturated = saturation(direct_responses_cpu, proxy_responses_cpu, paced=False, cpu_bound=True)
         progress(
             f"{kind.name}: {cpu_name}: page API {proxy_cpu.chunks_per_second:,.0f} chunks/s, "
             f"{proxy_cpu.server_cpu_us_per_chunk or 0:.1f} µs CPU/chunk; "
             f"/v1 {v1_cpu.chunks_per_second:,.0f} chunks/s, {v1_cpu.server_cpu_us_per_chunk or 0:.1f} µs CPU/chunk; "
+            f"Responses {proxy_responses_cpu.chunks_per_second:,.0f} events/s, "
+            f"{proxy_responses_cpu.server_cpu_us_per_chunk or 0:.1f} µs CPU/event; "
             f"direct {direct_cpu.chunks_per_second:,.0f} chunks/s"
         )
 
@@ -638,6 +685,25 @@ class Benchmark:
                 "proxy_v1_verdict": v1_cpu_saturated or "ok",
             },
             "aborts": aborts,
+            "responses": {
+                "paced": {
+                    "workload": paced_name,
+                    "concurrency": responses_level,
+                    "level_choice": level_choice,
+                    DIRECT_RESPONSES: metrics_dict(direct_responses_paced),
+                    PROXY_RESPONSES: metrics_dict(proxy_responses_paced),
+                    "verdict": responses_paced_verdict,
+                    "saturated": bool(responses_paced_saturated),
+                },
+                "cpu_bound": {
+                    "workload": cpu_name,
+                    "concurrency": settings.cpu_concurrency,
+                    DIRECT_RESPONSES: metrics_dict(direct_responses_cpu),
+                    PROXY_RESPONSES: metrics_dict(proxy_responses_cpu),
+                    "verdict": responses_cpu_saturated or "ok",
+                    "saturated": bool(responses_cpu_saturated),
+                },
+            },
         }
 
 

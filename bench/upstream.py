@@ -1,6 +1,7 @@
 """The benchmark's fake OpenAI-compatible upstream: a lean asyncio HTTP/1.1 server in its own process.
 
-It must never be the bottleneck, so it skips everything a real server does per chunk: each
+It answers `POST /v1/chat/completions` (chat chunks) and `POST /v1/responses` (Responses events),
+both on the same schedule. It must never be the bottleneck, so it skips everything a real server does per chunk: each
 answer's SSE bytes (already framed for chunked transfer encoding) are rendered when the request
 arrives, and a per-stream timer hands every chunk that is due to the socket in one write. Chunks
 are due on an absolute schedule (chunk k at k × delay after the request), so a late timer catches
@@ -27,16 +28,18 @@ import sys
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import orjson
 
-from bench.answers import MODEL, PROMPT_TOKENS, StreamSpec, answer_pieces
-from streaming.openai_shapes import ChunkFactory, error_body
+from bench.answers import MODEL, PROMPT_TOKENS, StreamSpec, answer_pieces, expected_text
+from streaming.openai_shapes import ChunkFactory, ResponseEventFactory, error_body
 from streaming.wire import SSE_DONE, sse_event
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024
 ID_PLACEHOLDER = "\x01ID\x01"
+PLACEHOLDER_BYTES = orjson.dumps(ID_PLACEHOLDER)[1:-1]  # as it appears inside a JSON string
 CREATED = int(time.time())
 # Chunks due within this many seconds are sent with the ones due now (fewer timer wake-ups).
 SEND_AHEAD_SECONDS = 0.0005
@@ -44,7 +47,8 @@ SEND_AHEAD_SECONDS = 0.0005
 
 @dataclass(frozen=True)
 class FrameTemplate:
-    """One chunked-encoding frame with a hole for the completion id: `before + id + after`."""
+    """One chunked-encoding frame with a hole for the stream's id: `before + id + after` (chat: the
+    completion id; Responses: the tag in the message item's id, which every text delta carries)."""
 
     before: bytes
     after: bytes
@@ -58,12 +62,19 @@ class FrameTemplate:
         )
 
 
-def _template(*events: bytes) -> FrameTemplate:
-    placeholder = orjson.dumps(ID_PLACEHOLDER)[1:-1]
-    before, after = b"".join(sse_event(event) for event in events).split(placeholder, 1)
-    if placeholder in after:  # several events in one frame: the id appears in each
+def _split(framed: bytes) -> FrameTemplate:
+    before, after = framed.split(PLACEHOLDER_BYTES, 1)
+    if PLACEHOLDER_BYTES in after:  # several events in one frame: the id appears in each
         raise ValueError("one id per template")
     return FrameTemplate(before, after)
+
+
+def _template(*events: bytes) -> FrameTemplate:
+    return _split(b"".join(sse_event(event) for event in events))
+
+
+def _chunked(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 @lru_cache(maxsize=32)
@@ -83,8 +94,33 @@ def render_answer(spec: StreamSpec, model: str, include_usage: bool) -> list[byt
     templates, tail = answer_templates(spec.chunks, model, include_usage)
     completion_id = spec.completion_id.encode()
     frames = [template.render(completion_id) for template in templates]
-    tail = tail.replace(orjson.dumps(ID_PLACEHOLDER)[1:-1], completion_id)
-    frames.append(b"%x\r\n%b\r\n0\r\n\r\n" % (len(tail), tail))
+    tail = tail.replace(PLACEHOLDER_BYTES, completion_id)
+    frames.append(_chunked(tail) + b"0\r\n\r\n")
+    return frames
+
+
+@lru_cache(maxsize=32)
+def response_templates(chunks: int, model: str) -> tuple[bytes, list[FrameTemplate], bytes]:
+    """A Responses answer with `chunks` text deltas, the stream's tag left as a placeholder: its
+    opening events (`response.created`, `.in_progress`, the message item and its content part
+    added), one frame per `response.output_text.delta`, and its closing events (the text, part and
+    item done, `response.completed` with usage)."""
+    events = ResponseEventFactory(model, id=f"resp_{ID_PLACEHOLDER}", created_at=CREATED)
+    item_id = f"msg_{ID_PLACEHOLDER}"
+    head = events.created() + events.message_start(0, item_id)
+    deltas = [_split(events.text_delta(0, item_id, piece)) for piece in answer_pieces(chunks)]
+    tail = events.message_done(0, item_id, expected_text(chunks)) + events.completed(PROMPT_TOKENS, chunks)
+    return head, deltas, tail
+
+
+def render_response(spec: StreamSpec, model: str) -> list[bytes]:
+    """A Responses answer's bytes, scheduled like a chat answer's: the opening events, each text
+    delta, then the closing events and the end of the body."""
+    head, templates, tail = response_templates(spec.chunks, model)
+    tag = spec.tag.encode()
+    frames = [_chunked(head.replace(PLACEHOLDER_BYTES, tag))]
+    frames += [template.render(tag) for template in templates]
+    frames.append(_chunked(tail.replace(PLACEHOLDER_BYTES, tag)) + b"0\r\n\r\n")
     return frames
 
 
@@ -323,6 +359,11 @@ class UpstreamConnection(asyncio.Protocol):
                 self._json(401, error_body("Incorrect API key provided.", "invalid_api_key"))
             else:
                 self._chat(body)
+        elif method == "POST" and path.endswith("/responses"):
+            if headers.get("authorization") != f"Bearer {self.state.api_key}":
+                self._json(401, error_body("Incorrect API key provided.", "invalid_api_key"))
+            else:
+                self._responses(body)
         else:
             self._json(404, error_body(f"No route {method} {path}.", "not_found"))
 
@@ -339,7 +380,25 @@ class UpstreamConnection(asyncio.Protocol):
             self._json(400, error_body("This fake upstream only streams.", "invalid_request"))
             return
         include_usage = bool((request.get("stream_options") or {}).get("include_usage"))
-        frames = render_answer(spec, model, include_usage)
+        self._stream(spec, render_answer(spec, model, include_usage))
+
+    def _responses(self, body: bytes) -> None:
+        """`POST /v1/responses`: the same schedule, as Responses events; `input` carries the tag."""
+        try:
+            request = orjson.loads(body)
+            prompt = _input_text(request["input"])
+            model = str(request.get("model") or MODEL)
+        except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+            self._json(400, error_body("Expected a JSON body with 'input'.", "invalid_request"))
+            return
+        spec = StreamSpec.from_prompt(prompt) or StreamSpec.new(chunks=20, delay_ms=0)
+        if not request.get("stream"):
+            self._json(400, error_body("This fake upstream only streams.", "invalid_request"))
+            return
+        self._stream(spec, render_response(spec, model))
+
+    def _stream(self, spec: StreamSpec, frames: list[bytes]) -> None:
+        """Send `frames` (opening, one per content chunk, end) on the spec's schedule."""
         record = StreamRecord(
             spec.tag,
             spec.chunks,
@@ -367,6 +426,14 @@ class UpstreamConnection(asyncio.Protocol):
             b"HTTP/1.1 %d %b\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
             % (status, reason.encode(), len(body), body)
         )
+
+
+def _input_text(value: Any) -> str:
+    """The prompt of a Responses `input`: the string itself, or the last item's (last) text."""
+    if isinstance(value, str):
+        return value
+    content = value[-1]["content"]
+    return content if isinstance(content, str) else str(content[-1]["text"])
 
 
 def raise_file_limit() -> None:

@@ -22,7 +22,7 @@ from bench.answers import MODEL, StreamSpec
 from bench.http_client import ConnectionSlot, Exchange, HttpConnection, build_request
 from bench.processes import busy_seconds_per_cpu, cpu_seconds, rss_bytes
 from bench.site import Session
-from bench.transcript import Transcript, read_transcript, verification_problems
+from bench.transcript import CHAT, RESPONSES, Transcript, read_transcript, verification_problems
 
 # "Keeps pace": p99 time to first byte under this, and every stream done within this factor of its schedule.
 TTFB_LIMIT_SECONDS = 1.0
@@ -40,16 +40,25 @@ MIN_CPU_WINDOW_SECONDS = 0.5
 DIRECT = "direct"
 PROXY = "proxy"
 PROXY_V1 = "proxy_v1"
+DIRECT_RESPONSES = "direct_responses"
+PROXY_RESPONSES = "proxy_responses"
+RESPONSES_TARGETS = (DIRECT_RESPONSES, PROXY_RESPONSES)
+# The targets that answer in NDJSON (the page's APIs); the others speak OpenAI's SSE.
+NDJSON_TARGETS = (PROXY, PROXY_RESPONSES)
 
 
 @dataclass(frozen=True)
 class Target:
     """Where a workload's requests go.
 
-    "direct": the upstream itself (SSE, its API key). "proxy": the page's API, `/api/chat/stream`,
-    as the chat page calls it (session cookie and CSRF header, NDJSON). "proxy_v1": the site's
-    OpenAI-compatible `/v1/chat/completions`, as an SDK calls it (a personal key as a bearer token,
-    SSE); the same relay, so the difference between the two proxy rows is what each front costs.
+    Chat completions: "direct": the upstream itself (SSE, its API key). "proxy": the page's API,
+    `/api/chat/stream`, as the chat page calls it (session cookie and CSRF header, NDJSON).
+    "proxy_v1": the site's OpenAI-compatible `/v1/chat/completions`, as an SDK calls it (a personal
+    key as a bearer token, SSE); the same relay, so the difference between the two proxy rows is
+    what each front costs.
+
+    The Responses API: "direct_responses": the upstream's `/v1/responses` (SSE, `event: <type>`);
+    "proxy_responses": the page's `/api/responses/stream` (session and CSRF, one event a line).
     """
 
     name: str
@@ -61,16 +70,20 @@ class Target:
 
     @property
     def sse(self) -> bool:
-        return self.name != PROXY
+        return self.name not in NDJSON_TARGETS
+
+    @property
+    def api(self) -> str:
+        """The API the stream speaks, for its verification: "chat" or "responses"."""
+        return RESPONSES if self.name in RESPONSES_TARGETS else CHAT
 
     @property
     def is_proxy(self) -> bool:
-        return self.name != DIRECT
+        return self.name not in (DIRECT, DIRECT_RESPONSES)
 
     def request(self, spec: StreamSpec, user_index: int) -> bytes:
         host = f"127.0.0.1:{self.port}"
-        messages = [{"role": "user", "content": spec.prompt()}]
-        if self.name == PROXY:
+        if self.name in NDJSON_TARGETS:
             session = self.sessions[user_index % len(self.sessions)]
             headers = {
                 "Cookie": session.cookie_header,
@@ -78,20 +91,26 @@ class Target:
                 "Content-Type": "application/json",
                 "Accept": "application/x-ndjson",
             }
-            body = orjson.dumps({"model": MODEL, "messages": messages})
+            if self.name == PROXY_RESPONSES:
+                body = orjson.dumps({"model": MODEL, "input": spec.prompt()})
+                return build_request("POST", "/api/responses/stream", host, headers, body)
+            body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": spec.prompt()}]})
             return build_request("POST", "/api/chat/stream", host, headers, body)
+        api_key = self.api_keys[user_index % len(self.api_keys)] if self.name == PROXY_V1 else self.api_key
+        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
+        if self.name == DIRECT_RESPONSES:
+            body = orjson.dumps({"model": MODEL, "input": spec.prompt(), "stream": True})
+            return build_request("POST", "/v1/responses", host, headers, body)
         # The upstream and /v1 get the same OpenAI request; without include_usage /v1 would keep
         # the usage chunk to itself, and the transcripts would not be comparable.
-        api_key = self.api_keys[user_index % len(self.api_keys)] if self.name == PROXY_V1 else self.api_key
         body = orjson.dumps(
             {
                 "model": MODEL,
-                "messages": messages,
+                "messages": [{"role": "user", "content": spec.prompt()}],
                 "stream": True,
                 "stream_options": {"include_usage": True},
             }
         )
-        headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         return build_request("POST", "/v1/chat/completions", host, headers, body)
 
 
@@ -334,13 +353,13 @@ def collector_paused() -> Iterator[None]:
         gc.enable()
 
 
-def _outcome(spec: StreamSpec, exchange: Exchange, sse: bool) -> StreamOutcome:
+def _outcome(spec: StreamSpec, exchange: Exchange, target: Target) -> StreamOutcome:
     transcript = read_transcript(exchange)
     return StreamOutcome(
         spec,
         exchange,
         transcript,
-        verification_problems(spec, exchange, transcript, sse),
+        verification_problems(spec, exchange, transcript, target.sse, target.api),
     )
 
 
@@ -389,7 +408,7 @@ async def run_streams(
             after = CpuSnapshot.take(probes)
             for slot in slots:
                 slot.close()
-    outcomes = [_outcome(spec, exchange, target.sse) for spec, exchange in results]
+    outcomes = [_outcome(spec, exchange, target) for spec, exchange in results]
     return summarize(target, outcomes, before, after, probes, paced=paced)
 
 
@@ -463,7 +482,7 @@ async def memory_per_stream(
     finally:
         for slot in slots:
             slot.close()
-    outcomes = [_outcome(spec, exchange, target.sse) for spec, exchange, _ in sent]
+    outcomes = [_outcome(spec, exchange, target) for spec, exchange, _ in sent]
     problems = [f"{o.spec.tag}: {p}" for o in outcomes for p in o.problems]
     return MemoryMetrics(
         streams,
@@ -543,7 +562,7 @@ async def client_aborts(
             connection.close()
             if exchange.error is None:
                 exchange.error = "the stream ended before the client could abort it"
-        outcomes.append(_outcome(spec, exchange, target.sse))
+        outcomes.append(_outcome(spec, exchange, target))
     records: dict[str, dict] = {}
     tags = {o.spec.tag for o in outcomes}
     deadline = time.monotonic() + chunks * delay_ms / 1000 + 15

@@ -18,7 +18,7 @@ import pytest
 from bench.answers import MODEL, StreamSpec
 from bench.http_client import Exchange
 from bench.transcript import read_transcript, verification_problems
-from bench.upstream import render_answer
+from bench.upstream import render_answer, render_response
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -28,10 +28,12 @@ smoke_test = pytest.mark.skipif(
 )
 
 
-def _sse_events(spec: StreamSpec) -> list[bytes]:
-    """The fake upstream's SSE events for `spec`, blank line included: what `/v1` relays as it is."""
+def _sse_events(spec: StreamSpec, api: str = "chat") -> list[bytes]:
+    """The fake upstream's SSE events for `spec` (chat chunks, or Responses events with their
+    `event:` line), blank line included: what `/v1` relays as it is."""
+    frames = render_response(spec, MODEL) if api == "responses" else render_answer(spec, MODEL, include_usage=True)
     body = b""
-    for frame in render_answer(spec, MODEL, include_usage=True):
+    for frame in frames:
         while frame:
             size, _, rest = frame.partition(b"\r\n")
             length = int(size, 16)
@@ -40,16 +42,16 @@ def _sse_events(spec: StreamSpec) -> list[bytes]:
     return [event + b"\n\n" for event in body.split(b"\n\n") if event]
 
 
-def _relayed_lines(spec: StreamSpec) -> list[bytes]:
+def _relayed_lines(spec: StreamSpec, api: str = "chat") -> list[bytes]:
     """The NDJSON lines a correct relay sends on the page's API for the fake upstream's answer to `spec`."""
-    events = [event.strip().removeprefix(b"data: ") for event in _sse_events(spec)]
+    events = [event.strip().rpartition(b"\n")[2].removeprefix(b"data: ") for event in _sse_events(spec, api)]
     return [event + b"\n" for event in events if event != b"[DONE]"]
 
 
-def _problems(spec: StreamSpec, lines: list[bytes], sse: bool = False) -> list[str]:
+def _problems(spec: StreamSpec, lines: list[bytes], sse: bool = False, api: str = "chat") -> list[str]:
     exchange = Exchange(sent_at=1.0, first_byte_at=1.1, ended_at=2.0, status=200)
     exchange.pieces = [(1.1 + index / 1000, line) for index, line in enumerate(lines)]
-    return verification_problems(spec, exchange, read_transcript(exchange), sse=sse)
+    return verification_problems(spec, exchange, read_transcript(exchange), sse=sse, api=api)
 
 
 def test_verification_passes_a_faithful_relay() -> None:
@@ -90,6 +92,50 @@ def test_verification_catches_a_chunk_of_another_stream_and_a_missing_usage_chun
     assert any("usage" in problem for problem in problems)
 
 
+def test_verification_passes_a_faithful_responses_relay_in_ndjson_and_sse() -> None:
+    spec = StreamSpec.new(chunks=30, delay_ms=0)
+    lines = _relayed_lines(spec, "responses")
+    types = [orjson.loads(line)["type"] for line in lines]
+    assert types.count("response.output_text.delta") == 30
+    assert types[:2] == ["response.created", "response.in_progress"] and types[-1] == "response.completed"
+    assert _problems(spec, lines, api="responses") == []
+    events = _sse_events(spec, "responses")
+    assert events[0].startswith(b"event: response.created\ndata: {")
+    assert _problems(spec, events, sse=True, api="responses") == []
+
+
+def test_responses_verification_catches_a_dropped_and_a_merged_text_delta() -> None:
+    spec = StreamSpec.new(chunks=30, delay_ms=0)
+    lines = _relayed_lines(spec, "responses")
+    dropped = lines[:10] + lines[11:]
+    problems = _problems(spec, dropped, api="responses")
+    assert any("text differs" in problem for problem in problems)
+    assert any("sequence_number" in problem for problem in problems)
+    first, second = orjson.loads(lines[10]), orjson.loads(lines[11])
+    first["delta"] += second["delta"]
+    merged = [*lines[:10], orjson.dumps(first) + b"\n", *lines[12:]]
+    assert any("dropped or merged" in problem for problem in _problems(spec, merged, api="responses"))
+
+
+def test_responses_verification_catches_another_streams_event_a_missing_end_and_a_misnamed_event() -> None:
+    spec, other = StreamSpec.new(chunks=30, delay_ms=0), StreamSpec.new(chunks=30, delay_ms=0)
+    lines = _relayed_lines(spec, "responses")
+    lines[7] = lines[7].replace(spec.item_id.encode(), other.item_id.encode())
+    problems = _problems(spec, lines[:-1], api="responses")
+    assert any("another stream" in problem for problem in problems)
+    assert any("expected response.completed" in problem for problem in problems)
+    assert any("usage" in problem for problem in problems)
+    events = _sse_events(spec, "responses")
+    events[5] = events[5].replace(b"event: response.output_text.delta", b"event: response.output_text.done", 1)
+    assert _problems(spec, events, sse=True, api="responses") == ["1 SSE event name(s) that are not the event's type"]
+
+
+def test_verification_refuses_a_chat_stream_where_responses_events_are_expected_and_back() -> None:
+    spec = StreamSpec.new(chunks=30, delay_ms=0)
+    assert any("expected response.completed" in p for p in _problems(spec, _relayed_lines(spec), api="responses"))
+    assert any("Responses event(s)" in p for p in _problems(spec, _relayed_lines(spec, "responses")))
+
+
 @smoke_test
 def test_quick_benchmark_runs_end_to_end_with_verified_text(tmp_path: Path) -> None:
     result = subprocess.run(
@@ -119,3 +165,15 @@ def test_quick_benchmark_runs_end_to_end_with_verified_text(tmp_path: Path) -> N
         assert daphne["request_rate"][target]["failed_streams"] == 0
         assert daphne["cpu_bound"][target]["content_chunks"] > 0
     assert daphne["aborts"]["proxy"]["aborts"] > 0
+
+    # The Responses API row: the paced and CPU-bound workloads, as Responses events, verified.
+    assert "## Responses API" in result.stdout, output
+    assert "| daphne | CPU-bound 200×0 ms | 4 | Responses |" in result.stdout, output
+    assert "| daphne | CPU-bound 200×0 ms (Responses) | 4 | proxy Responses (session) |" in result.stdout, output
+    responses = daphne["responses"]
+    assert responses["paced"]["concurrency"] == 10
+    for workload in ("paced", "cpu_bound"):
+        for target in ("direct_responses", "proxy_responses"):
+            run = responses[workload][target]
+            assert run["streams"] > 0 and run["failed_streams"] == 0, run
+    assert responses["cpu_bound"]["proxy_responses"]["content_chunks"] == 4 * 200
