@@ -84,7 +84,7 @@ class StreamAccount:
     request_id: str = ""
     # The upstream's id of the answer (a chunk's or a response's `id`).
     response_id: str = ""
-    # Events accounted for and relayed so far (an error event that ends the stream is not counted).
+    # Events accounted for so far; an error event that ends the stream is not one of them.
     events: int = 0
     error_message: str = ""
 
