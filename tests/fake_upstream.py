@@ -19,6 +19,15 @@ CHAT_CONTENT = b'"content":"'
 RESPONSE_TEXT_DELTA = b'"type":"response.output_text.delta"'
 
 
+# The parameters schema of the tests' city tools (get_weather, get_local_time): strict, one city.
+CITY_PARAMETERS = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
 @dataclass(frozen=True)
 class ScriptedToolCall:
     """A tool call the fake upstream makes: its arguments streamed in these pieces."""
@@ -145,7 +154,7 @@ class FakeUpstream(LoopbackHTTPServer):
             self.streams.append(record)
         if request.path.endswith("/responses"):
             answer = ResponseEventFactory(body["model"], request=body)
-            answer_id, events, content_marker = answer.id, _response_events(reply, answer), RESPONSE_TEXT_DELTA
+            answer_id, events, content_marker = answer.id, response_events(reply, answer), RESPONSE_TEXT_DELTA
         else:
             chunks = ChunkFactory(body["model"])
             answer_id, events, content_marker = chunks.id, _events(reply, chunks, body), CHAT_CONTENT
@@ -199,7 +208,7 @@ def _events(reply: Reply, chunks: ChunkFactory, body: dict) -> list[bytes | None
     return events
 
 
-def _response_events(reply: Reply, answer: ResponseEventFactory) -> list[bytes | None]:
+def response_events(reply: Reply, answer: ResponseEventFactory) -> list[bytes | None]:
     """The Responses events of one reply: a message of the pieces (if any), then the function calls;
     None stands for dropping the connection. Each event is sent on its own, as OpenAI sends them."""
     events: list[bytes | None] = [*_split_events(answer.created())]

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from streaming.demo_model import DemoModelServer
 from streaming.models import UsageLog
+from tests.fake_upstream import CITY_PARAMETERS
 from tests.live_site import v1_url, wait_for_rows
 
 
@@ -270,12 +271,7 @@ WEATHER_FUNCTION = {
     "type": "function",
     "name": "get_weather",
     "description": "The weather forecast for a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
+    "parameters": CITY_PARAMETERS,
     "strict": True,
 }
 WEATHER_SCHEMA = {

@@ -19,7 +19,7 @@ import subprocess
 import pytest
 
 from streaming.models import UsageLog
-from tests.fake_upstream import MID_STREAM_ERROR_MESSAGE, Reply, ScriptedToolCall
+from tests.fake_upstream import CITY_PARAMETERS, MID_STREAM_ERROR_MESSAGE, Reply, ScriptedToolCall
 from tests.live_site import BASE_DIR, MODEL, PASSWORD, skip_or_fail, wait_for_rows
 
 NODE_DIR = BASE_DIR / "tests" / "node_interop"
@@ -104,12 +104,7 @@ WEATHER_TOOLS = [
         "function": {
             "name": name,
             "description": description,
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}},
-                "required": ["city"],
-                "additionalProperties": False,
-            },
+            "parameters": CITY_PARAMETERS,
             "strict": True,
         },
     }

@@ -18,7 +18,7 @@ from openai.types.responses import Response
 from streaming.models import ApiKey, UsageLimit, UsageLog
 from streaming.openai_shapes import ResponseEventFactory
 from streaming.wire import SSEDecoder
-from tests.fake_upstream import MID_STREAM_ERROR_MESSAGE, Reply, ScriptedToolCall, _response_events
+from tests.fake_upstream import CITY_PARAMETERS, MID_STREAM_ERROR_MESSAGE, Reply, ScriptedToolCall, response_events
 from tests.live_site import MODEL, LiveSite, v1_url, wait_for_rows
 
 PIECES = ["Hel", "lo", " there", " — ünïcode ✓", "!"]
@@ -41,12 +41,7 @@ WEATHER_TOOL = {
     "type": "function",
     "name": "get_weather",
     "description": "The weather in a city.",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string"}},
-        "required": ["city"],
-        "additionalProperties": False,
-    },
+    "parameters": CITY_PARAMETERS,
     "strict": True,
 }
 
@@ -64,7 +59,7 @@ def upstream_bytes(reply: Reply, body: dict, relayed_response: dict) -> list[byt
     factory = ResponseEventFactory(
         body["model"], request=body, id=relayed_response["id"], created_at=relayed_response["created_at"]
     )
-    return [event for event in _response_events(reply, factory) if event is not None]
+    return [event for event in response_events(reply, factory) if event is not None]
 
 
 def test_a_streamed_response_reaches_the_sdk_and_leaves_a_responses_row(live_site, fake_upstream, user, api_key):

@@ -74,8 +74,9 @@ async function logIn() {
   return jar;
 }
 
-async function postChat(jar, accept, body = { messages: [{ role: "user", content: "Say hello." }] }) {
-  const response = await fetch(`${SITE}/api/chat/stream`, {
+/** POST a JSON body to one of the site's streaming endpoints as the logged-in browser would; the 200 response. */
+async function postStream(path, jar, accept, body) {
+  const response = await fetch(`${SITE}${path}`, {
     method: "POST",
     headers: {
       "Content-Type": "application/json",
@@ -87,6 +88,10 @@ async function postChat(jar, accept, body = { messages: [{ role: "user", content
   });
   assert.equal(response.status, 200, `the site answered ${response.status}: ${response.ok ? "" : await response.text()}`);
   return response;
+}
+
+function postChat(jar, accept, body = { messages: [{ role: "user", content: "Say hello." }] }) {
+  return postStream("/api/chat/stream", jar, accept, body);
 }
 
 /** Read a whole answer with ChatCompletionStream, noting when each content delta arrived. */
@@ -235,19 +240,8 @@ test("ndjson: a structured-output answer parses as the JSON the upstream sent", 
 // Run by the Responses tests of tests/test_node_interop.py. The NDJSON body is one Responses event
 // per line, which `ResponseStream.fromReadableStream` reads as a browser front end would.
 
-async function postResponses(jar, accept, body = EXPECTED.request) {
-  const response = await fetch(`${SITE}/api/responses/stream`, {
-    method: "POST",
-    headers: {
-      "Content-Type": "application/json",
-      Accept: accept,
-      "X-CSRFToken": jar.get("csrftoken"),
-      Cookie: jar.header(),
-    },
-    body: JSON.stringify(body),
-  });
-  assert.equal(response.status, 200, `the site answered ${response.status}: ${response.ok ? "" : await response.text()}`);
-  return response;
+function postResponses(jar, accept, body = EXPECTED.request) {
+  return postStream("/api/responses/stream", jar, accept, body);
 }
 
 /** A ResponseStream over the NDJSON body, noting each text delta and when it arrived. */
