@@ -17,6 +17,7 @@ from openai.types.responses import Response
 
 from streaming.models import ApiKey, UsageLimit, UsageLog
 from streaming.openai_shapes import ResponseEventFactory
+from streaming.upstream import upstream_user_id
 from streaming.wire import SSEDecoder
 from tests.fake_upstream import CITY_PARAMETERS, MID_STREAM_ERROR_MESSAGE, Reply, ScriptedToolCall, response_events
 from tests.live_site import MODEL, LiveSite, v1_url, wait_for_rows
@@ -82,7 +83,7 @@ def test_create_with_stream_yields_every_event_in_order_and_leaves_a_row(live_si
     fake_upstream.will_reply(Reply(pieces=PIECES, usage=USAGE, delay=0.01))
 
     with sdk(live_site, api_key) as client:
-        events = list(client.responses.create(model=MODEL, input="Say hello.", stream=True))
+        events = list(client.responses.create(model=MODEL, input="Say hello.", stream=True, user="alice@example.com"))
 
     assert [event.type for event in events] == TEXT_EVENTS
     numbers = [event.sequence_number for event in events]
@@ -93,6 +94,7 @@ def test_create_with_stream_yields_every_event_in_order_and_leaves_a_row(live_si
     assert completed.status == "completed" and completed.output_text == "".join(PIECES)
     sent = fake_upstream.requests[-1].json()
     assert (sent["stream"], sent["store"], sent["input"]) == (True, False, "Say hello.")
+    assert sent["safety_identifier"] == upstream_user_id(user) and "user" not in sent  # the pseudonym, not the client's
     [row] = wait_for_rows(user)
     assert (row.endpoint, row.status, row.api_key) == ("responses", "completed", key_of(api_key))
     assert (row.prompt_tokens, row.completion_tokens, row.tokens_estimated) == (*USAGE, False)
