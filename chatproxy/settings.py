@@ -230,10 +230,20 @@ CHAT_REQUESTS_PER_MINUTE = env.int("CHAT_REQUESTS_PER_MINUTE", default=20)
 CHAT_CONCURRENT_STREAMS = env.int("CHAT_CONCURRENT_STREAMS", default=2)
 CHAT_DAILY_TOKEN_BUDGET = env.int("CHAT_DAILY_TOKEN_BUDGET", default=200_000)
 CHAT_MONTHLY_TOKEN_BUDGET = env.int("CHAT_MONTHLY_TOKEN_BUDGET", default=2_000_000)
+# Money budgets per user in CHAT_CURRENCY (0 = no limit), counted from the usage rows' costs.
+CHAT_DAILY_COST_BUDGET = env.str("CHAT_DAILY_COST_BUDGET", default="0")
+CHAT_MONTHLY_COST_BUDGET = env.str("CHAT_MONTHLY_COST_BUDGET", default="0")
+CHAT_CURRENCY = env.str("CHAT_CURRENCY", default="USD")
 
 # Personal API keys for /v1: only holders of the streaming.use_api_keys permission when true.
 CHAT_API_KEYS_REQUIRE_PERMISSION = env.bool("CHAT_API_KEYS_REQUIRE_PERMISSION", default=False)
 CHAT_MAX_API_KEYS_PER_USER = env.int("CHAT_MAX_API_KEYS_PER_USER", default=20)
+
+# Who may read /metrics: staff (a staff session), token (Authorization: Bearer CHAT_METRICS_TOKEN), or off.
+CHAT_METRICS = env.str("CHAT_METRICS", default="staff")
+CHAT_METRICS_TOKEN = env.str("CHAT_METRICS_TOKEN", default="")
+if CHAT_METRICS == "token" and not CHAT_METRICS_TOKEN:
+    raise ImproperlyConfigured("CHAT_METRICS=token needs CHAT_METRICS_TOKEN.")
 
 # Browser pages on these origins (scheme://host[:port]) may call /v1 with a key (django-cors-headers);
 # none by default, so no CORS headers are sent. The page's own API is same-origin only.

@@ -1,12 +1,19 @@
+from datetime import timedelta
+from urllib.parse import urlencode
+
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.core.handlers.asgi import ASGIRequest
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseBadRequest, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
 
 from .api_keys import KEY_PREFIX, KeyState, key_state, keys_in_state, revoke_api_keys
-from .models import ApiKey, LimitRefusal, UsageLimit, UsageLog
+from .conf import app_settings
+from .dashboard import DashboardForm, build_dashboard, csv_chunks, csv_chunks_async, csv_rows, default_filters
+from .models import ApiKey, LimitRefusal, ModelPrice, UsageLimit, UsageLog
 from .reports import per_user_totals
 
 
@@ -83,12 +90,14 @@ class UsageLogAdmin(ReadOnlyAdmin):
         "completion_tokens",
         "total_tokens",
         "tokens_estimated",
+        "cost",
         "time_to_first_token_ms",
         "duration_ms",
     )
     list_filter = (
         "status",
         "endpoint",
+        "price_missing",
         MadeByFilter,
         FinishReasonFilter,
         ToolCallsFilter,
@@ -100,6 +109,7 @@ class UsageLogAdmin(ReadOnlyAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("user", "api_key")
     ordering = ("-created_at",)
+    actions = ["export_csv"]
 
     @admin.display(description="API key", ordering="api_key__prefix", empty_value="")
     def made_with_key(self, row: UsageLog) -> str | None:
@@ -111,7 +121,17 @@ class UsageLogAdmin(ReadOnlyAdmin):
             self.admin_site.admin_view(self.per_user_totals_view),
             name="streaming_usagelog_per_user_totals",
         )
-        return [totals, *super().get_urls()]
+        dashboard = path(
+            "dashboard/",
+            self.admin_site.admin_view(self.dashboard_view),
+            name="streaming_usagelog_dashboard",
+        )
+        export = path(
+            "dashboard/usage.csv",
+            self.admin_site.admin_view(self.export_view),
+            name="streaming_usagelog_export",
+        )
+        return [totals, dashboard, export, *super().get_urls()]
 
     def per_user_totals_view(self, request: HttpRequest) -> TemplateResponse:
         if not self.has_view_permission(request):
@@ -124,6 +144,69 @@ class UsageLogAdmin(ReadOnlyAdmin):
         }
         return TemplateResponse(request, "admin/streaming/usagelog/per_user_totals.html", context)
 
+    def dashboard_view(self, request: HttpRequest) -> TemplateResponse:
+        """Cost, tokens, outcomes and time to first token over a range of days, filtered by GET parameters."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        form = DashboardForm(request.GET)
+        dashboard = build_dashboard(form.filters()) if form.is_valid() else None
+        filters = dashboard.filters if dashboard else default_filters()
+        today = default_filters().end
+        month = today.replace(day=1)
+        last_month = (month - timedelta(days=1)).replace(day=1)
+        kept = {name: request.GET[name] for name in ("model", "user", "key") if request.GET.get(name)}
+        ranges = [
+            ("Last 30 days", default_filters().start, today),
+            ("This month", month, today),
+            ("Last month", last_month, month - timedelta(days=1)),
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Usage dashboard",
+            "opts": self.model._meta,
+            "form": form,
+            "dashboard": dashboard,
+            "filters": filters,
+            "charts": dashboard.charts() if dashboard else {},
+            "query": request.GET.urlencode(),
+            "without_user": "".join(
+                f"{urlencode({name: value})}&" for name, value in request.GET.items() if name != "user"
+            ),
+            "ranges": [
+                (label, urlencode({**kept, "start": start.isoformat(), "end": end.isoformat()}))
+                for label, start, end in ranges
+            ],
+            "allowed_models": sorted(
+                set(app_settings.CHAT_ALLOWED_MODELS) | set(dashboard.models if dashboard else ())
+            ),
+        }
+        return TemplateResponse(request, "admin/streaming/usagelog/dashboard.html", context)
+
+    def export_view(self, request: HttpRequest) -> StreamingHttpResponse | HttpResponseBadRequest:
+        """The usage rows the dashboard's filters select, as CSV, streamed."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        form = DashboardForm(request.GET)
+        if not form.is_valid():
+            return HttpResponseBadRequest(
+                " ".join(str(error) for error in form.non_field_errors()) or "Invalid filters."
+            )
+        filters = form.filters()
+        return self._csv_response(request, filters.usage(), f"usage-{filters.start}-to-{filters.end}.csv")
+
+    @admin.action(description="Export selected rows as CSV", permissions=["view"])
+    def export_csv(self, request: HttpRequest, queryset: QuerySet[UsageLog]) -> StreamingHttpResponse:
+        return self._csv_response(request, queryset, "usage.csv")
+
+    def _csv_response(self, request: HttpRequest, rows: QuerySet[UsageLog], filename: str) -> StreamingHttpResponse:
+        # Under ASGI a sync iterator would be read whole before the first byte is sent.
+        chunks = csv_chunks_async(rows) if isinstance(request, ASGIRequest) else csv_chunks(csv_rows(rows))
+        return StreamingHttpResponse(
+            chunks,
+            content_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+
 
 @admin.register(UsageLimit)
 class UsageLimitAdmin(admin.ModelAdmin):
@@ -133,6 +216,8 @@ class UsageLimitAdmin(admin.ModelAdmin):
         "concurrent_streams",
         "daily_token_budget",
         "monthly_token_budget",
+        "daily_cost_budget",
+        "monthly_cost_budget",
     )
     raw_id_fields = ("user",)
     search_fields = ("user__username", "group__name")
@@ -140,9 +225,64 @@ class UsageLimitAdmin(admin.ModelAdmin):
         ("Applies to (one of)", {"fields": ("user", "group")}),
         (
             "Limits (empty: the site default; 0: no limit)",
-            {"fields": ("requests_per_minute", "concurrent_streams", "daily_token_budget", "monthly_token_budget")},
+            {
+                "fields": (
+                    "requests_per_minute",
+                    "concurrent_streams",
+                    "daily_token_budget",
+                    "monthly_token_budget",
+                    "daily_cost_budget",
+                    "monthly_cost_budget",
+                )
+            },
         ),
     )
+
+
+class ModelPriceForm(forms.ModelForm):
+    class Meta:
+        model = ModelPrice
+        fields = (
+            "model",
+            "match",
+            "input_per_million",
+            "cached_input_per_million",
+            "output_per_million",
+            "currency",
+            "valid_from",
+            "note",
+        )
+
+    def clean_currency(self) -> str:
+        currency = self.cleaned_data["currency"].upper()
+        if currency != app_settings.CHAT_CURRENCY:
+            raise forms.ValidationError(
+                f"Prices are in the site's currency, {app_settings.CHAT_CURRENCY} (CHAT_CURRENCY), so costs add up."
+            )
+        return currency
+
+
+@admin.register(ModelPrice)
+class ModelPriceAdmin(admin.ModelAdmin):
+    """Prices are added, not edited: a new price with a later "valid from" leaves past costs as they were."""
+
+    form = ModelPriceForm
+    list_display = (
+        "model",
+        "match",
+        "input_per_million",
+        "cached_input_per_million",
+        "output_per_million",
+        "currency",
+        "valid_from",
+        "note",
+    )
+    list_filter = ("match", "currency")
+    search_fields = ("model", "note")
+    ordering = ("model", "-valid_from")
+
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, str | list[str]]:
+        return {**super().get_changeform_initial_data(request), "currency": app_settings.CHAT_CURRENCY}
 
 
 @admin.register(LimitRefusal)
@@ -206,3 +346,10 @@ class ApiKeyAdmin(ReadOnlyAdmin):
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         revoked = revoke_api_keys(keys=queryset)
         self.message_user(request, f"Revoked {revoked} key{'s' if revoked != 1 else ''}.", messages.SUCCESS)
+
+
+# The admin index links to the usage dashboard. An app's `admin/index.html` would lose to the
+# admin's own (listed first in INSTALLED_APPS), so the default site is pointed at one that extends
+# it, unless the site already has its own index template.
+if admin.site.index_template is None:
+    admin.site.index_template = "admin/streaming/index.html"

@@ -67,12 +67,22 @@ class AppSettings:
     CHAT_CONCURRENT_STREAMS: int = 2
     CHAT_DAILY_TOKEN_BUDGET: int = 200_000
     CHAT_MONTHLY_TOKEN_BUDGET: int = 2_000_000
+    # Money budgets per user, in CHAT_CURRENCY (0 = no limit), from the usage rows' costs.
+    CHAT_DAILY_COST_BUDGET: float | str = 0
+    CHAT_MONTHLY_COST_BUDGET: float | str = 0
+    # The currency of prices, costs and money budgets (ISO 4217).
+    CHAT_CURRENCY: str = "USD"
 
     # Personal API keys for `/v1`: reserved to users with the `streaming.use_api_keys` permission
     # when True (else every active user may have them), and at most this many live keys a user
     # (0: none may be created).
     CHAT_API_KEYS_REQUIRE_PERMISSION: bool = False
     CHAT_MAX_API_KEYS_PER_USER: int = 20
+
+    # Who may read /metrics (Prometheus): "staff" (a staff user's session), "token" (a scraper sending
+    # `Authorization: Bearer <CHAT_METRICS_TOKEN>`), or "off" (404).
+    CHAT_METRICS: str = "staff"
+    CHAT_METRICS_TOKEN: str = ""
 
     def __getattribute__(self, name: str) -> Any:
         if name.isupper() and hasattr(settings, name):

@@ -137,6 +137,21 @@ def api_key_not_permitted() -> ApiError:
     )
 
 
+def metrics_token_required() -> ApiError:
+    return ApiError(
+        status=401,
+        message="Send the metrics token as 'Authorization: Bearer <token>' (the site's CHAT_METRICS_TOKEN).",
+        type=AUTHENTICATION,
+        code="metrics_token_required",
+    )
+
+
+def metrics_not_permitted() -> ApiError:
+    return ApiError(
+        status=403, message="Only staff may read the metrics.", type="permission_error", code="metrics_not_permitted"
+    )
+
+
 def model_not_found(*, model: str) -> ApiError:
     return invalid_request(
         f"The model '{model}' does not exist or you do not have access to it.", code="model_not_found", status=404

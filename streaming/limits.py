@@ -1,4 +1,4 @@
-"""Per-user admission: requests per minute, concurrent streams, daily and monthly token budgets.
+"""Per-user admission: requests per minute, concurrent streams, daily and monthly token and cost budgets.
 
 Counters live in Django's cache (local memory in development, Redis in production) and use only
 atomic operations (`add`, `incr`), so limits hold when requests race, across processes on Redis.
@@ -13,7 +13,8 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import astuple, dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.core.cache import cache
@@ -21,6 +22,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Sum
 from django.utils import timezone
 
+from . import metrics
 from .conf import app_settings
 from .errors import limit_exceeded
 from .models import LimitRefusal, UsageLimit, UsageLog
@@ -43,6 +45,24 @@ class EffectiveLimits:
     concurrent_streams: int
     daily_token_budget: int
     monthly_token_budget: int
+    # In CHAT_CURRENCY.
+    daily_cost_budget: Decimal = Decimal(0)
+    monthly_cost_budget: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Spending:
+    """What a user's finished requests used today and this month."""
+
+    tokens_today: int
+    tokens_this_month: int
+    cost_today: Decimal
+    cost_this_month: Decimal
+
+
+# Cost counters count in units of 10⁻⁸ of the currency (a row's cost has 8 decimal places): the
+# cache's atomic `incr` adds integers.
+COST_UNIT = Decimal("0.00000001")
 
 
 @dataclass
@@ -68,6 +88,8 @@ def default_limits() -> EffectiveLimits:
         concurrent_streams=app_settings.CHAT_CONCURRENT_STREAMS,
         daily_token_budget=app_settings.CHAT_DAILY_TOKEN_BUDGET,
         monthly_token_budget=app_settings.CHAT_MONTHLY_TOKEN_BUDGET,
+        daily_cost_budget=Decimal(str(app_settings.CHAT_DAILY_COST_BUDGET)),
+        monthly_cost_budget=Decimal(str(app_settings.CHAT_MONTHLY_COST_BUDGET)),
     )
 
 
@@ -113,39 +135,68 @@ def period_starts(now: datetime | None = None) -> tuple[datetime, datetime]:
     return today, today.replace(day=1)
 
 
-def tokens_used(user: AbstractBaseUser, now: datetime | None = None) -> tuple[int, int]:
-    """Tokens the user's finished requests used today and this month.
+def spending(user_id: int, now: datetime | None = None) -> Spending:
+    """Tokens and cost of the user's finished requests today and this month.
 
-    Kept as cache counters that each finished request adds to (`count_tokens`); where a counter is
-    missing (a cold cache, after a restart on local memory) it is seeded from the usage log.
+    Kept as cache counters that each finished request adds to (`count_spending`); where one is
+    missing (a cold cache, after a restart on local memory) they are seeded from the usage log.
     """
-    day_key, month_key = _token_keys(user.pk, now)
-    counted = cache.get_many([day_key, month_key])
-    if len(counted) == 2:
-        return counted[day_key], counted[month_key]
-    today, month = period_starts(now)
-    totals = UsageLog.objects.filter(user_id=user.pk, created_at__gte=month).aggregate(
-        today=Sum("total_tokens", filter=Q(created_at__gte=today), default=0),
-        month=Sum("total_tokens", default=0),
-    )
-    cache.add(day_key, totals["today"], timeout=2 * 86400)
-    cache.add(month_key, totals["month"], timeout=32 * 86400)
-    return totals["today"], totals["month"]
+    keys = _spending_keys(user_id, now)
+    counted = cache.get_many(keys)
+    if len(counted) < len(keys):
+        today, month = period_starts(now)
+        totals = UsageLog.objects.filter(user_id=user_id, created_at__gte=month).aggregate(
+            tokens_today=Sum("total_tokens", filter=Q(created_at__gte=today), default=0),
+            tokens_month=Sum("total_tokens", default=0),
+            cost_today=Sum("cost", filter=Q(created_at__gte=today), default=Decimal(0)),
+            cost_month=Sum("cost", default=Decimal(0)),
+        )
+        seeds = [
+            totals["tokens_today"],
+            totals["tokens_month"],
+            _cost_units(totals["cost_today"]),
+            _cost_units(totals["cost_month"]),
+        ]
+        for key, seed, timeout in zip(keys, seeds, (2 * 86400, 32 * 86400) * 2, strict=True):
+            cache.add(key, seed, timeout=timeout)
+        counted = cache.get_many(keys)
+    tokens_today, tokens_month, cost_today, cost_month = (counted.get(key, 0) for key in keys)
+    return Spending(tokens_today, tokens_month, cost_today * COST_UNIT, cost_month * COST_UNIT)
 
 
-def count_tokens(user_id: int, tokens: int, now: datetime | None = None) -> None:
-    """Add a finished request's tokens to the user's counters, where they are being kept."""
-    if not tokens:
-        return
-    for key in _token_keys(user_id, now):
-        # A counter not seeded yet is left alone: the next admission reads the usage log, this row included.
-        with contextlib.suppress(ValueError):
-            cache.incr(key, tokens)
+def count_spending(user_id: int, tokens: int, cost: Decimal | None, now: datetime | None = None) -> None:
+    """Add a finished request's tokens and cost to the user's counters, where they are being kept."""
+    token_keys, cost_keys = _spending_keys(user_id, now)[:2], _spending_keys(user_id, now)[2:]
+    for keys, amount in ((token_keys, tokens), (cost_keys, _cost_units(cost))):
+        if not amount:
+            continue
+        for key in keys:
+            # A counter not seeded yet is left alone: the next admission reads the usage log, this row included.
+            with contextlib.suppress(ValueError):
+                cache.incr(key, amount)
 
 
-def _token_keys(user_id: int, now: datetime | None) -> tuple[str, str]:
-    today = timezone.localtime(now)
-    return f"chatproxy:tokens:{user_id}:{today:%Y-%m-%d}", f"chatproxy:tokens:{user_id}:{today:%Y-%m}"
+def forget_spending(touched: Iterable[tuple[int, date]]) -> None:
+    """Drop the counters of these (user, day) pairs and their months, to be seeded again from the
+    usage log: after costs were recomputed."""
+    cache.delete_many([key for user_id, day in set(touched) for key in _day_keys(user_id, day)])
+
+
+def _cost_units(cost: Decimal | None) -> int:
+    return int((cost or Decimal(0)) / COST_UNIT)
+
+
+def _spending_keys(user_id: int, now: datetime | None) -> list[str]:
+    return _day_keys(user_id, timezone.localdate(now))
+
+
+def _day_keys(user_id: int, day: date) -> list[str]:
+    return [
+        f"chatproxy:tokens:{user_id}:{day:%Y-%m-%d}",
+        f"chatproxy:tokens:{user_id}:{day:%Y-%m}",
+        f"chatproxy:cost:{user_id}:{day:%Y-%m-%d}",
+        f"chatproxy:cost:{user_id}:{day:%Y-%m}",
+    ]
 
 
 def admit(user: AbstractBaseUser) -> Admission:
@@ -168,27 +219,28 @@ class LimitExceeded(Exception):
 
 
 def _check_budgets(user: AbstractBaseUser, limits: EffectiveLimits) -> None:
-    if not (limits.daily_token_budget or limits.monthly_token_budget):
+    if not any(
+        (limits.daily_token_budget, limits.monthly_token_budget, limits.daily_cost_budget, limits.monthly_cost_budget)
+    ):
         return
     now = timezone.localtime()
-    used_today, used_month = tokens_used(user, now)
+    spent = spending(user.pk, now)
     today, month = period_starts(now)
-    if limits.daily_token_budget and used_today >= limits.daily_token_budget:
-        tomorrow = today + timedelta(days=1)
-        raise LimitExceeded(
-            Limit.DAILY_TOKEN_BUDGET,
-            f"Daily token budget used up ({used_today} of {limits.daily_token_budget} tokens); "
-            "it resets at midnight UTC.",
-            int((tomorrow - now).total_seconds()),
-        )
-    if limits.monthly_token_budget and used_month >= limits.monthly_token_budget:
-        next_month = (month + timedelta(days=32)).replace(day=1)
-        raise LimitExceeded(
-            Limit.MONTHLY_TOKEN_BUDGET,
-            f"Monthly token budget used up ({used_month} of {limits.monthly_token_budget} tokens); "
-            "it resets on the first of the month.",
-            int((next_month - now).total_seconds()),
-        )
+    until_tomorrow = int((today + timedelta(days=1) - now).total_seconds())
+    until_next_month = int(((month + timedelta(days=32)).replace(day=1) - now).total_seconds())
+    currency = app_settings.CHAT_CURRENCY
+    checks = (
+        (Limit.DAILY_TOKEN_BUDGET, spent.tokens_today, limits.daily_token_budget, "tokens", until_tomorrow),
+        (Limit.MONTHLY_TOKEN_BUDGET, spent.tokens_this_month, limits.monthly_token_budget, "tokens", until_next_month),
+        (Limit.DAILY_COST_BUDGET, spent.cost_today, limits.daily_cost_budget, currency, until_tomorrow),
+        (Limit.MONTHLY_COST_BUDGET, spent.cost_this_month, limits.monthly_cost_budget, currency, until_next_month),
+    )
+    for limit, used, budget, unit, retry_after in checks:
+        if budget and used >= budget:
+            daily = limit in (Limit.DAILY_TOKEN_BUDGET, Limit.DAILY_COST_BUDGET)
+            amount = f"{used} of {budget} tokens" if unit == "tokens" else f"{used:.2f} of {budget:.2f} {unit}"
+            resets = "it resets at midnight UTC." if daily else "it resets on the first of the month."
+            raise LimitExceeded(limit, f"{Limit(limit).label} used up ({amount}); {resets}", retry_after)
 
 
 def _check_rate(user: AbstractBaseUser, limits: EffectiveLimits) -> None:
@@ -231,6 +283,7 @@ def _take_slot(user: AbstractBaseUser, limits: EffectiveLimits) -> Admission:
 
 
 def record_refusal(user: AbstractBaseUser, limit: str) -> None:
+    metrics.limit_refused(limit)
     day = timezone.localdate()
     counts = LimitRefusal.objects.filter(user_id=user.pk, day=day, limit=limit)
     if counts.update(count=F("count") + 1):

@@ -1,4 +1,5 @@
 from datetime import datetime
+from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
@@ -44,6 +45,52 @@ class ApiKey(models.Model):
 
     def is_expired(self, now: datetime | None = None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())
+
+
+class ModelPrice(models.Model):
+    """What the provider charges for one model (or a family of models) from a date on.
+
+    A price never changes in place: a new price is a new row with a later `valid_from`, so rows
+    written before it keep the cost they had. Prices are per million tokens, in CHAT_CURRENCY.
+    """
+
+    class Match(models.TextChoices):
+        EXACT = "exact", "Exactly this model"
+        PREFIX = "prefix", "Every model starting with this (a family of dated snapshots)"
+
+    model = models.CharField(max_length=200, help_text="A model name, or the start of one (see Match).")
+    match = models.CharField(max_length=8, choices=Match.choices, default=Match.EXACT)
+    input_per_million = models.DecimalField(max_digits=12, decimal_places=6)
+    cached_input_per_million = models.DecimalField(
+        max_digits=12, decimal_places=6, null=True, blank=True, help_text="Empty: cached input costs as much as input."
+    )
+    output_per_million = models.DecimalField(max_digits=12, decimal_places=6, help_text="Reasoning tokens included.")
+    currency = models.CharField(max_length=3, default="USD", help_text="Must be the site's currency, CHAT_CURRENCY.")
+    valid_from = models.DateTimeField(default=timezone.now)
+    note = models.CharField(max_length=200, blank=True, help_text="Where the price comes from, or what to check.")
+
+    class Meta:
+        ordering = ["model", "-valid_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["model", "match", "valid_from"], name="one_price_per_model_and_start")
+        ]
+
+    def __str__(self) -> str:
+        family = "*" if self.match == self.Match.PREFIX else ""
+        return f"{self.model}{family} from {self.valid_from:%Y-%m-%d}"
+
+    def cost(self, *, prompt_tokens: int, cached_tokens: int, completion_tokens: int) -> Decimal:
+        """The cost of a request's tokens at this price (cached tokens are part of the prompt's)."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        cached_price = (
+            self.input_per_million if self.cached_input_per_million is None else self.cached_input_per_million
+        )
+        total = (
+            (prompt_tokens - cached) * self.input_per_million
+            + cached * cached_price
+            + completion_tokens * self.output_per_million
+        )
+        return (total / 1_000_000).quantize(Decimal("0.00000001"))
 
 
 class UsageLog(models.Model):
@@ -105,10 +152,27 @@ class UsageLog(models.Model):
         related_name="usage_logs",
         help_text="The personal API key that made the request; empty for the chat page.",
     )
+    cost = models.DecimalField(
+        max_digits=16,
+        decimal_places=8,
+        null=True,
+        blank=True,
+        help_text="In CHAT_CURRENCY, from the price valid when the request was made; empty when no price was known.",
+    )
+    price = models.ForeignKey(
+        ModelPrice, null=True, blank=True, on_delete=models.SET_NULL, related_name="usage_logs", editable=False
+    )
+    price_missing = models.BooleanField(
+        default=False, help_text="No price was known for the model at the time: the cost is unknown, not zero."
+    )
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["user", "created_at"])]
+        indexes = [
+            models.Index(fields=["user", "created_at"]),
+            models.Index(fields=["created_at", "model"]),
+            models.Index(fields=["api_key", "created_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.user} · {self.model} · {self.status} · {self.total_tokens} tokens"
@@ -131,6 +195,12 @@ class UsageLimit(models.Model):
     concurrent_streams = models.PositiveIntegerField(null=True, blank=True)
     daily_token_budget = models.PositiveBigIntegerField(null=True, blank=True)
     monthly_token_budget = models.PositiveBigIntegerField(null=True, blank=True)
+    daily_cost_budget = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, help_text="In CHAT_CURRENCY."
+    )
+    monthly_cost_budget = models.DecimalField(
+        max_digits=12, decimal_places=2, null=True, blank=True, help_text="In CHAT_CURRENCY."
+    )
 
     class Meta:
         constraints = [
@@ -154,6 +224,8 @@ class LimitRefusal(models.Model):
         CONCURRENT_STREAMS = "concurrent_streams", "Concurrent streams"
         DAILY_TOKEN_BUDGET = "daily_token_budget", "Daily token budget"
         MONTHLY_TOKEN_BUDGET = "monthly_token_budget", "Monthly token budget"
+        DAILY_COST_BUDGET = "daily_cost_budget", "Daily cost budget"
+        MONTHLY_COST_BUDGET = "monthly_cost_budget", "Monthly cost budget"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="limit_refusals")
     day = models.DateField()

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from openai import AsyncOpenAI
 from openai._response import AsyncAPIResponse, AsyncResponseContextManager
 
+from . import metrics
 from .conf import app_settings
 from .errors import (
     ApiError,
@@ -115,6 +116,7 @@ async def open_relay(
     opening: asyncio.Task[AsyncAPIResponse] | None = None
     try:
         await cleanup.enter_async_context(upstream.connection())
+        metrics.upstream_call()
         opening = asyncio.create_task(
             _open_upstream(
                 api, upstream.client, _upstream_params(request, user), account, cleanup, first_token_deadline
@@ -133,6 +135,7 @@ async def open_relay(
             await close_despite_cancellation(cleanup)
             raise
         failure = _opening_failure(exc, account)
+        metrics.upstream_error(failure.code)
         await close_despite_cancellation(cleanup)
         raise failure from exc
     return RelayStream(
@@ -223,6 +226,11 @@ class RelayStream:
         self._wakeup: asyncio.Future[None] | None = None
         self._done = False
         self._failure: ApiError | None = None
+        # The first data from the upstream and the first framed output of it are timed by a
+        # wrapper that then steps aside, so the chunk and relay loops pay nothing for it.
+        self._first_data_at = 0.0
+        self._wake: Callable[[], None] = self._wake_on_first_data
+        self._relay_events: Callable[[list[SSEEvent]], bytes] = self._relay_first_events
 
     @property
     def content_type(self) -> str:
@@ -232,6 +240,7 @@ class RelayStream:
         account = self._account
         pump = asyncio.create_task(self._pump())
         self._cleanup.push_async_callback(_stop, pump)
+        metrics.OPEN_STREAMS.inc()
         try:
             # daphne sends the response headers with the first body message; send them now (with
             # a keepalive if the upstream has kept the client waiting a keepalive interval already).
@@ -242,9 +251,11 @@ class RelayStream:
                 self._failure = upstream_incomplete()
             if self._failure is not None:
                 account.fail(self._failure.message)
+                metrics.upstream_error(self._failure.code)
                 yield self._framing.error(self._api.error_event(self._failure, account))
             else:
                 account.end()
+                metrics.stream_ended(account.status)
                 end = self._framing.end(self._api.sse_terminator)
                 if end:
                     yield end
@@ -254,6 +265,7 @@ class RelayStream:
                 account.status = UsageLog.Status.CANCELLED
             raise
         finally:
+            metrics.OPEN_STREAMS.dec()
             await close_despite_cancellation(self._cleanup)
 
     async def collect(self) -> list[dict[str, Any]]:
@@ -278,7 +290,12 @@ class RelayStream:
             self._upstream_ended = True
             self._wake()
 
-    def _wake(self) -> None:
+    def _wake_on_first_data(self) -> None:
+        self._first_data_at = time.monotonic()
+        self._wake = self._wake_relay
+        self._wake_relay()
+
+    def _wake_relay(self) -> None:
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
 
@@ -335,7 +352,14 @@ class RelayStream:
             return upstream_connection_lost()
         return upstream_error(exc)
 
-    def _relay_events(self, events: list[SSEEvent]) -> bytes:
+    def _relay_first_events(self, events: list[SSEEvent]) -> bytes:
+        out = self._frame_events(events)
+        if out:
+            metrics.first_byte_relayed(self._first_data_at)
+            self._relay_events = self._frame_events
+        return out
+
+    def _frame_events(self, events: list[SSEEvent]) -> bytes:
         framed = []
         for event in events:
             if event.data == DONE:

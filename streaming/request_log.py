@@ -28,6 +28,8 @@ def log_usage(row: UsageLog) -> None:
         tokens_estimated=row.tokens_estimated,
         cached_tokens=row.cached_tokens,
         reasoning_tokens=row.reasoning_tokens,
+        # A string, as stored (a Decimal in CHAT_CURRENCY); null when no price was known.
+        cost=None if row.cost is None else str(row.cost),
         ttft_ms=row.time_to_first_token_ms,
         duration_ms=row.duration_ms,
         upstream_request_id=row.upstream_request_id,

@@ -2,12 +2,13 @@
 
 Names are in the "streaming" namespace: `streaming:chat` (the chat page), `streaming:chat-stream` and
 `streaming:responses-stream` (the session's streaming APIs), `streaming:api-keys` (the user's keys),
-and `streaming:v1-*` for OpenAI's API under `v1/`.
+`streaming:usage` (the user's usage), `streaming:metrics` (Prometheus), and `streaming:v1-*` for
+OpenAI's API under `v1/`.
 """
 
 from django.urls import path, re_path
 
-from . import key_views, v1_views, views
+from . import key_views, metrics_views, usage_views, v1_views, views
 
 app_name = "streaming"
 
@@ -17,6 +18,8 @@ urlpatterns = [
     path("api/responses/stream", views.responses_stream, name="responses-stream"),
     path("keys/", key_views.api_keys_page, name="api-keys"),
     path("keys/<int:pk>/revoke", key_views.revoke_key, name="api-key-revoke"),
+    path("usage/", usage_views.usage_page, name="usage"),
+    path("metrics", metrics_views.metrics, name="metrics"),
     # OpenAI's API, for SDKs and tools with a personal API key (base_url: the site's /v1).
     path("v1/chat/completions", v1_views.chat_completions, name="v1-chat-completions"),
     path("v1/responses", v1_views.responses, name="v1-responses"),

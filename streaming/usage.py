@@ -12,9 +12,11 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.utils import timezone
 
+from . import metrics
 from .api_keys import note_key_used
-from .limits import Admission, count_tokens
+from .limits import Admission, count_spending
 from .models import ApiKey, UsageLog
+from .pricing import apply_cost, cost_of
 from .request_log import log_usage
 
 # Per-message overhead of the chat format, as OpenAI counts it.
@@ -152,12 +154,13 @@ def _ms(seconds: float) -> int:
 
 
 def save_usage(account: StreamAccount, admission: Admission) -> UsageLog:
-    """Write the usage row, count its tokens, note the key's use, and free the concurrency slot
-    (which is freed whatever happens)."""
+    """Write the usage row with its cost, count its tokens and cost, note the key's use, and free
+    the concurrency slot (which is freed whatever happens)."""
     try:
         row = account.as_usage_log()
+        apply_cost(row, cost_of(row))
         row.save(force_insert=True)
-        count_tokens(row.user_id, row.total_tokens, row.created_at)
+        count_spending(row.user_id, row.total_tokens, row.cost, row.created_at)
         if account.api_key is not None:
             note_key_used(account.api_key, now=row.created_at)
         return row
@@ -172,4 +175,5 @@ async def record_usage(account: StreamAccount, admission: Admission) -> UsageLog
     """
     row = await sync_to_async(save_usage)(account, admission)
     log_usage(row)
+    metrics.count_usage(row, account)
     return row

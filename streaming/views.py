@@ -17,6 +17,7 @@ from django.shortcuts import render, resolve_url
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
+from . import metrics
 from .chat_completions import CHAT_COMPLETIONS
 from .conf import app_settings
 from .errors import ApiError, error_response, internal_error, method_not_allowed, not_found, stream_required
@@ -130,8 +131,10 @@ async def accept_and_open(
 ) -> tuple[ApiRequestT, RelayStream] | ApiError:
     """Who asks and what (the front, validation and admission), then the upstream's stream opened
     for it; or the error refusing the request (logged, with its usage row if it reached the upstream)."""
+    metrics.request_entered()
     accepted = await sync_to_async(accept_request)(request, front=front, parse=parse)
     if isinstance(accepted, ApiError):
+        metrics.request_refused(api.endpoint, accepted)
         return accepted
     try:
         stream = await open_relay(

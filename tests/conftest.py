@@ -8,6 +8,8 @@ from django.conf import settings as django_settings
 from django.core.cache import cache
 
 from streaming.api_keys import create_api_key
+from streaming.models import ModelPrice
+from streaming.price_seeds import seed_prices
 from tests.fake_upstream import FakeUpstream
 from tests.live_site import (
     CHROMIUM,
@@ -165,3 +167,10 @@ def browser():
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture
+def seeded_prices(transactional_db) -> None:
+    """The starting prices migration 0007 seeds (a transactional test's flush empties the table)."""
+    if not ModelPrice.objects.exists():
+        seed_prices(ModelPrice)

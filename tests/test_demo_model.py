@@ -415,7 +415,7 @@ async def test_instructions_and_an_input_image_are_read_as_the_chat_endpoint_rea
 # Through the live demo site.
 
 
-def test_the_demo_site_answers_v1_responses_and_logs_a_responses_row(demo_site, user, api_key):
+def test_the_demo_site_answers_v1_responses_and_logs_a_responses_row(demo_site, user, api_key, seeded_prices):
     with OpenAI(base_url=v1_url(demo_site), api_key=api_key, max_retries=0) as client:
         response = client.responses.create(model=DEMO, input="Say hello.")
         with client.responses.stream(model=DEMO, input="Say hello.") as stream:
@@ -436,6 +436,7 @@ def test_the_demo_site_answers_v1_responses_and_logs_a_responses_row(demo_site, 
     )
     assert row.upstream_response_id == response.id and row.api_key is not None
     assert not row.tokens_estimated and row.completion_tokens == response.usage.output_tokens
+    assert row.cost == 0 and not row.price_missing  # the demo model's seeded price: free
     assert row.prompt_tokens == response.usage.input_tokens and row.tool_calls == 0
 
 
