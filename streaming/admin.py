@@ -264,19 +264,11 @@ class ModelPriceForm(forms.ModelForm):
 
 @admin.register(ModelPrice)
 class ModelPriceAdmin(admin.ModelAdmin):
-    """Prices are added, not edited: a new price with a later "valid from" leaves past costs as they were."""
+    """A price change is a new price with a later "valid from", so past rows keep their cost; editing a
+    price changes no stored cost until `manage.py recompute_costs` is run for the days it covers."""
 
     form = ModelPriceForm
-    list_display = (
-        "model",
-        "match",
-        "input_per_million",
-        "cached_input_per_million",
-        "output_per_million",
-        "currency",
-        "valid_from",
-        "note",
-    )
+    list_display = ModelPriceForm.Meta.fields
     list_filter = ("match", "currency")
     search_fields = ("model", "note")
     ordering = ("model", "-valid_from")
