@@ -166,7 +166,8 @@ def spending(user_id: int, now: datetime | None = None) -> Spending:
 
 def count_spending(user_id: int, tokens: int, cost: Decimal | None, now: datetime | None = None) -> None:
     """Add a finished request's tokens and cost to the user's counters, where they are being kept."""
-    token_keys, cost_keys = _spending_keys(user_id, now)[:2], _spending_keys(user_id, now)[2:]
+    keys = _spending_keys(user_id, now)
+    token_keys, cost_keys = keys[:2], keys[2:]
     for keys, amount in ((token_keys, tokens), (cost_keys, _cost_units(cost))):
         if not amount:
             continue
