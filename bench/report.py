@@ -295,6 +295,25 @@ def _api_comparison(results: dict[str, Any]) -> list[str]:
                 _difference(cpu["proxy_v1"]["server_cpu_us_per_chunk"], cpu["proxy"]["server_cpu_us_per_chunk"], 1),
             ]
         )
+        saved = latency.get("proxy_saved")
+        if saved is not None:  # results from before conversations were saved have none
+            rows.append(
+                [
+                    name,
+                    "**page API saving conversations, minus page API**",
+                    f"{_added(saved['ttfb_p50'], page['ttfb_p50'])} / {_added(saved['ttfb_p99'], page['ttfb_p99'])}",
+                    "",
+                    f"{_added(saved['ttft_p50'], page['ttft_p50'])} / {_added(saved['ttft_p99'], page['ttft_p99'])}",
+                    _difference(rate["proxy_saved"]["requests_per_second"], rate["proxy"]["requests_per_second"]),
+                    _difference(
+                        rate["proxy_saved"]["server_cpu_ms_per_request"],
+                        rate["proxy"]["server_cpu_ms_per_request"],
+                        2,
+                    ),
+                    "",
+                    "",
+                ]
+            )
     lines += _table(
         [
             "server",

@@ -58,6 +58,7 @@ from bench.workloads import (
     HARNESS_HEADROOM,
     PROXY,
     PROXY_RESPONSES,
+    PROXY_SAVED,
     PROXY_V1,
     AbortMetrics,
     Probes,
@@ -449,13 +450,14 @@ class Benchmark:
             self.sessions = tuple([await log_in(port, account) for account in accounts])
         proxy = Target(PROXY, port, sessions=self.sessions)
         proxy_v1 = Target(PROXY_V1, port, api_keys=self.api_keys)
+        proxy_saved = Target(PROXY_SAVED, port, sessions=self.sessions)
         direct_responses = Target(DIRECT_RESPONSES, direct.port, api_key=direct.api_key)
         proxy_responses = Target(PROXY_RESPONSES, port, sessions=self.sessions)
         # The server's CPU time is read in direct runs too (it should stay idle there).
         probes = Probes(upstream_pid, pid, self.pinning.server_cpu, self.pinning.harness_cpu)
 
         progress(f"{kind.name}: warm-up")
-        for target in (direct, proxy, proxy_v1, direct_responses, proxy_responses):
+        for target in (direct, proxy, proxy_v1, proxy_saved, direct_responses, proxy_responses):
             warmup = await cpu_bound(target, probes, 4, max(1, settings.warmup_streams // 4), 20)
             self.ledger.add_run(f"{kind.name} warm-up", warmup)
 
@@ -476,12 +478,13 @@ class Benchmark:
         per_stream = memory.bytes_per_stream
 
         progress(f"{kind.name}: latency, {settings.latency_requests} sequential requests")
-        direct_latency, proxy_latency, v1_latency = await self.compare(
+        direct_latency, proxy_latency, v1_latency, saved_latency = await self.compare(
             f"{kind.name} latency",
             lambda target: sequential(target, probes, settings.latency_requests, settings.latency_chunks),
             direct,
             proxy,
             proxy_v1,
+            proxy_saved,
         )
         progress(
             f"{kind.name}: latency: TTFB p50 direct {_ms(direct_latency.ttfb_p50)}, "
@@ -491,12 +494,13 @@ class Benchmark:
         requests = settings.request_concurrency * settings.request_rounds
         rate_name = "request rate, 1-chunk answers"
         progress(f"{kind.name}: {rate_name}, {requests} requests at c={settings.request_concurrency}")
-        direct_rate, proxy_rate, v1_rate = await self.compare(
+        direct_rate, proxy_rate, v1_rate, saved_rate = await self.compare(
             f"{kind.name} {rate_name}",
             lambda target: cpu_bound(target, probes, settings.request_concurrency, settings.request_rounds, 1),
             direct,
             proxy,
             proxy_v1,
+            proxy_saved,
         )
         progress(
             f"{kind.name}: {rate_name}: page API {proxy_rate.requests_per_second:,.0f}/s, "
@@ -659,6 +663,7 @@ class Benchmark:
                 "direct": metrics_dict(direct_latency),
                 "proxy": metrics_dict(proxy_latency),
                 "proxy_v1": metrics_dict(v1_latency),
+                "proxy_saved": metrics_dict(saved_latency),
                 "verdict": latency_saturated or "ok",
                 "proxy_v1_verdict": v1_latency_saturated or "ok",
             },
@@ -668,6 +673,7 @@ class Benchmark:
                 "direct": metrics_dict(direct_rate),
                 "proxy": metrics_dict(proxy_rate),
                 "proxy_v1": metrics_dict(v1_rate),
+                "proxy_saved": metrics_dict(saved_rate),
                 "verdict": saturation(direct_rate, proxy_rate, paced=False, cpu_bound=True) or "ok",
                 "proxy_v1_verdict": saturation(direct_rate, v1_rate, paced=False, cpu_bound=True) or "ok",
             },

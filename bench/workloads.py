@@ -40,11 +40,12 @@ MIN_CPU_WINDOW_SECONDS = 0.5
 DIRECT = "direct"
 PROXY = "proxy"
 PROXY_V1 = "proxy_v1"
+PROXY_SAVED = "proxy_saved"
 DIRECT_RESPONSES = "direct_responses"
 PROXY_RESPONSES = "proxy_responses"
 RESPONSES_TARGETS = (DIRECT_RESPONSES, PROXY_RESPONSES)
 # The targets that answer in NDJSON (the page's APIs); the others speak OpenAI's SSE.
-NDJSON_TARGETS = (PROXY, PROXY_RESPONSES)
+NDJSON_TARGETS = (PROXY, PROXY_SAVED, PROXY_RESPONSES)
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ class Target:
     `/api/chat/stream`, as the chat page calls it (session cookie and CSRF header, NDJSON).
     "proxy_v1": the site's OpenAI-compatible `/v1/chat/completions`, as an SDK calls it (a personal
     key as a bearer token, SSE); the same relay, so the difference between the two proxy rows is
-    what each front costs.
+    what each front costs. "proxy_saved": the page's API as the chat page calls it with saving on,
+    each request starting a saved conversation (`"conversation": "new"`): the conversation, the
+    user's message and the answer written beside the usage row.
 
     The Responses API: "direct_responses": the upstream's `/v1/responses` (SSE, `event: <type>`);
     "proxy_responses": the page's `/api/responses/stream` (session and CSRF, one event a line).
@@ -94,8 +97,10 @@ class Target:
             if self.name == PROXY_RESPONSES:
                 body = orjson.dumps({"model": MODEL, "input": spec.prompt()})
                 return build_request("POST", "/api/responses/stream", host, headers, body)
-            body = orjson.dumps({"model": MODEL, "messages": [{"role": "user", "content": spec.prompt()}]})
-            return build_request("POST", "/api/chat/stream", host, headers, body)
+            chat: dict[str, object] = {"model": MODEL, "messages": [{"role": "user", "content": spec.prompt()}]}
+            if self.name == PROXY_SAVED:
+                chat["conversation"] = "new"
+            return build_request("POST", "/api/chat/stream", host, headers, orjson.dumps(chat))
         api_key = self.api_keys[user_index % len(self.api_keys)] if self.name == PROXY_V1 else self.api_key
         headers = {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
         if self.name == DIRECT_RESPONSES:
