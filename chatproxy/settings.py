@@ -217,6 +217,8 @@ CHAT_MAX_TOOLS_BYTES = env.int("CHAT_MAX_TOOLS_BYTES", default=64 * 1024)
 CHAT_MAX_CHOICES = env.int("CHAT_MAX_CHOICES", default=1)
 # Whether requests may ask the provider to store the completion (`store`, `metadata`): a data-retention decision.
 CHAT_ALLOW_STORE = env.bool("CHAT_ALLOW_STORE", default=False)
+# Whether the chat page's conversations are kept on this site (prompts, answers, images, tool results).
+CHAT_SAVE_CONVERSATIONS = env.bool("CHAT_SAVE_CONVERSATIONS", default=True)
 # Further top-level parameters let through to the upstream unvalidated, comma-separated (default none).
 CHAT_EXTRA_PARAMETERS = env.list("CHAT_EXTRA_PARAMETERS", default=[])
 # Responses API tool types allowed besides "function", comma-separated (built-in tools are billed per call).

@@ -5,15 +5,16 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.handlers.asgi import ASGIRequest
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponseBadRequest, StreamingHttpResponse
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from .api_keys import KEY_PREFIX, KeyState, key_state, keys_in_state, revoke_api_keys
 from .conf import app_settings
 from .dashboard import DashboardForm, build_dashboard, csv_chunks, csv_chunks_async, csv_rows, default_filters
-from .models import ApiKey, LimitRefusal, ModelPrice, UsageLimit, UsageLog
+from .models import ApiKey, Conversation, ConversationMessage, LimitRefusal, ModelPrice, UsageLimit, UsageLog
 from .reports import per_user_totals
 
 
@@ -338,6 +339,83 @@ class ApiKeyAdmin(ReadOnlyAdmin):
     def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         revoked = revoke_api_keys(keys=queryset)
         self.message_user(request, f"Revoked {revoked} key{'s' if revoked != 1 else ''}.", messages.SUCCESS)
+
+
+class SuperuserReadOnly:
+    """What users wrote to the model: superusers may read and delete it, no one may add or edit it,
+    and other staff never see it (not even in the admin's index)."""
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+class ConversationMessageInline(SuperuserReadOnly, admin.TabularInline):
+    model = ConversationMessage
+    fields = ("created_at", "role", "status", "shown_content", "tool_calls", "tool_call_id", "usage_link")
+    readonly_fields = fields
+    extra = 0
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        """Messages go with their conversation, never one by one."""
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ConversationMessage]:
+        return super().get_queryset(request).select_related("usage")
+
+    @admin.display(description="content")
+    def shown_content(self, message: ConversationMessage) -> str:
+        """The text, with each image as its size (a data URL would fill the page)."""
+        content = message.content
+        if not isinstance(content, list):
+            return "" if content is None else str(content)
+        shown = []
+        for part in content:
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                url = str((part.get("image_url") or {}).get("url", ""))
+                shown.append(f"[image, {len(url):,} bytes]" if url.startswith("data:") else f"[image: {url}]")
+            elif isinstance(part, dict):
+                shown.append(str(part.get("text", "")))
+        return "\n".join(shown)
+
+    @admin.display(description="usage row")
+    def usage_link(self, message: ConversationMessage) -> str:
+        if message.usage is None:
+            return "—"
+        url = reverse("admin:streaming_usagelog_change", args=[message.usage.pk])
+        return format_html('<a href="{}">{}</a>', url, message.usage)
+
+
+@admin.register(Conversation)
+class ConversationAdmin(SuperuserReadOnly, admin.ModelAdmin):
+    """Users' saved conversations, for superusers only: they hold prompts, answers and images."""
+
+    list_display = ("title", "user", "model", "message_count", "created_at", "updated_at")
+    list_filter = (("updated_at", admin.DateFieldListFilter),)
+    search_fields = ("user__username", "title")
+    list_select_related = ("user",)
+    ordering = ("-updated_at",)
+    fields = ("id", "user", "title", "model", "created_at", "updated_at")
+    readonly_fields = fields
+    inlines = [ConversationMessageInline]
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
+        return super().get_queryset(request).annotate(message_total=Count("messages"))
+
+    @admin.display(description="messages", ordering="message_total")
+    def message_count(self, conversation: Conversation) -> int:
+        return conversation.message_total  # type: ignore[attr-defined]
 
 
 # The admin index links to the usage dashboard. An app's `admin/index.html` would lose to the

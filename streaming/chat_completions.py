@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from openai import AsyncOpenAI
@@ -102,6 +103,19 @@ def assemble_chat_completion(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]
             call.pop("index", None)
             (call.get("function") or {}).pop("parsed_arguments", None)
     return completion
+
+
+@dataclass
+class AnswerTranscript:
+    """A saved conversation's part in the relay: the answer's chunks as they pass, assembled into
+    its `choices[0].message` once the request is settled, then handed to `save` (with the row)."""
+
+    save: Callable[..., None]
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def save_answer(self, *, row: UsageLog) -> None:
+        choices = assemble_chat_completion(self.events).get("choices") if self.events else None
+        self.save(message=choices[0].get("message") if choices else None, usage=row)
 
 
 # The page's API, and OpenAI's own (`/v1`).

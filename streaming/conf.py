@@ -52,6 +52,9 @@ class AppSettings:
     CHAT_MAX_CHOICES: int = 1
     # Whether requests may ask the provider to store the completion (`store`, `metadata`).
     CHAT_ALLOW_STORE: bool = False
+    # Whether the chat page's conversations are kept on this site (prompts, answers, images, tool
+    # results); sites that must not store prompts turn it off.
+    CHAT_SAVE_CONVERSATIONS: bool = True
     # Further top-level parameters let through to the upstream unvalidated (provider features the schema does not know).
     CHAT_EXTRA_PARAMETERS: Sequence[str] = ()
     # Responses API tool types allowed besides `function` (e.g. "web_search"): built-in tools cost money per call.

@@ -192,7 +192,7 @@ def per_day_and_model(filters: Filters) -> list[DayModel]:
             cost_sum=Sum("cost", default=Decimal(0)),
             unpriced=Count("pk", filter=Q(price_missing=True)),
             completed=Count("pk", filter=Q(status=Status.COMPLETED)),
-            error=Count("pk", filter=Q(status=Status.ERROR)),
+            error=Count("pk", filter=Q(status__in=(Status.ERROR, Status.INTERRUPTED))),
             cancelled=Count("pk", filter=Q(status=Status.CANCELLED)),
         )
         .order_by("day", "model")

@@ -275,3 +275,30 @@ def _retry_after(exc: openai.APIStatusError) -> int | None:
         return max(1, int(float(value))) if value else None
     except ValueError:
         return None
+
+
+# --- Saved conversations -----------------------------------------------------------------------
+
+
+def conversation_not_found() -> ApiError:
+    """No such conversation, or another user's: the two answer alike, so ids reveal nothing."""
+    return invalid_request("No such conversation.", code="conversation_not_found", status=404)
+
+
+def conversation_busy() -> ApiError:
+    """An answer in the conversation is still streaming; the next turn must wait for it to end."""
+    return ApiError(
+        status=409,
+        message="An answer in this conversation is still streaming; send again once it has ended.",
+        type=INVALID_REQUEST,
+        code="conversation_busy",
+        retry_after=1,
+    )
+
+
+def conversations_disabled() -> ApiError:
+    return invalid_request(
+        "This site does not save conversations (its CHAT_SAVE_CONVERSATIONS setting): "
+        "send the whole 'messages' and leave out 'conversation'.",
+        code="conversations_disabled",
+    )

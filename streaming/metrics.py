@@ -119,8 +119,9 @@ def stream_ended(status: str) -> None:
         UPSTREAM_ERRORS.labels("upstream_stream_error").inc()
 
 
-def count_usage(row: UsageLog, account: StreamAccount) -> None:
-    """One finished request, from its usage row (and its account's precise first-token time)."""
+def count_usage(row: UsageLog, account: StreamAccount | None = None) -> None:
+    """One finished request, from its usage row (and its account's precise first-token time; none
+    for a request its process died relaying, settled by a sweep)."""
     model = row.model
     REQUESTS.labels(row.endpoint, model, row.status).inc()
     if row.prompt_tokens:
@@ -131,7 +132,7 @@ def count_usage(row: UsageLog, account: StreamAccount) -> None:
         COST.labels(model, app_settings.CHAT_CURRENCY).inc(float(row.cost))
     elif row.price_missing:
         UNPRICED.labels(model).inc()
-    if account.first_output_at is not None:
+    if account is not None and account.first_output_at is not None:
         FIRST_TOKEN.labels(model).observe(account.first_output_at - account.started)
 
 

@@ -1,3 +1,4 @@
+import uuid
 from datetime import datetime
 from decimal import Decimal
 
@@ -94,12 +95,19 @@ class ModelPrice(models.Model):
 
 
 class UsageLog(models.Model):
-    """One row per request that passed validation, whatever became of it."""
+    """One row per request admitted for the upstream, whatever became of it.
+
+    The row is written `in_progress` at admission, holding the request's reservation against the
+    user's budgets, and settled exactly once at the end; a row whose process died is swept to
+    `interrupted` (see `streaming.usage`).
+    """
 
     class Status(models.TextChoices):
+        IN_PROGRESS = "in_progress", "In progress"
         COMPLETED = "completed", "Completed"
         ERROR = "error", "Error"
         CANCELLED = "cancelled", "Cancelled"
+        INTERRUPTED = "interrupted", "Interrupted (its server process died)"
 
     class Endpoint(models.TextChoices):
         """The upstream API a request went to, named as OpenAI names it."""
@@ -130,7 +138,7 @@ class UsageLog(models.Model):
         null=True, blank=True, help_text="Of the completion tokens, those spent reasoning, where reported."
     )
     time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
-    duration_ms = models.PositiveIntegerField()
+    duration_ms = models.PositiveIntegerField(default=0)
     upstream_request_id = models.CharField(max_length=200, blank=True)
     upstream_response_id = models.CharField(
         max_length=200, blank=True, help_text="The upstream's id of the answer (chatcmpl-…, resp_…)."
@@ -165,6 +173,30 @@ class UsageLog(models.Model):
     price_missing = models.BooleanField(
         default=False, help_text="No price was known for the model at the time: the cost is unknown, not zero."
     )
+    reserved_tokens = models.PositiveIntegerField(
+        default=0,
+        help_text="The worst case held against the user's token budgets while the request ran: the prompt "
+        "estimate plus the most output it may ask for.",
+    )
+    reserved_cost = models.DecimalField(
+        max_digits=16,
+        decimal_places=8,
+        null=True,
+        blank=True,
+        help_text="The worst case held against the user's money budgets while the request ran.",
+    )
+    last_seen_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="While in progress: when its server process last reported the stream alive (about every 30 s).",
+    )
+    concurrency_slot = models.CharField(
+        max_length=120,
+        blank=True,
+        editable=False,
+        help_text="While in progress: the concurrency slot it holds (cache key and token), freed if it is swept.",
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -172,6 +204,9 @@ class UsageLog(models.Model):
             models.Index(fields=["user", "created_at"]),
             models.Index(fields=["created_at", "model"]),
             models.Index(fields=["api_key", "created_at"]),
+            models.Index(
+                fields=["last_seen_at"], condition=models.Q(status="in_progress"), name="usagelog_in_progress"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -240,3 +275,59 @@ class LimitRefusal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} · {self.day} · {self.get_limit_display()} · {self.count}"
+
+
+class Conversation(models.Model):
+    """A chat kept on the server for its owner: the page's list of earlier chats (CHAT_SAVE_CONVERSATIONS)."""
+
+    TITLE_MAX_LENGTH = 200
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=TITLE_MAX_LENGTH)
+    model = models.CharField(max_length=200)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["user", "-updated_at"])]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class ConversationMessage(models.Model):
+    """One message of a conversation, as the chat-completions API carries it.
+
+    A user's or a tool's message is saved when its request is accepted; the assistant's once,
+    when the stream ends, with the usage row it produced (which outlives the message: billing).
+    """
+
+    class Role(models.TextChoices):
+        USER = "user", "User"
+        ASSISTANT = "assistant", "Assistant"
+        TOOL = "tool", "Tool result"
+
+    class Status(models.TextChoices):
+        COMPLETE = "complete", "Complete"
+        STOPPED = "stopped", "Stopped by the user (partial)"
+        FAILED = "failed", "Failed (partial)"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    # A string, or content parts (text, image_url) as the API takes them; null for a tool-calls-only answer.
+    content = models.JSONField(null=True, blank=True)
+    tool_calls = models.JSONField(null=True, blank=True)
+    tool_call_id = models.CharField(max_length=200, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE)
+    usage = models.ForeignKey(
+        UsageLog, null=True, blank=True, on_delete=models.SET_NULL, related_name="conversation_messages"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.get_role_display()} · {self.conversation_id}"

@@ -16,7 +16,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from .limits import forget_spending
+from . import limits
 from .models import ModelPrice, UsageLog
 
 
@@ -98,7 +98,7 @@ def recompute_costs(
         if len(batch) >= batch_size:
             changed += _save_costs(batch)
     changed += _save_costs(batch)
-    forget_spending(touched)
+    limits.forget_spending(touched)
     return Recomputed(rows=counted, changed=changed, missing=missing)
 
 

@@ -43,7 +43,7 @@ from .fronts import Caller
 from .limits import SLOT_REFRESH_SECONDS, Admission
 from .models import UsageLog
 from .upstream import get_upstream, upstream_user_id
-from .usage import StreamAccount, record_usage
+from .usage import StreamAccount, Transcript, keep_alive, record_usage
 from .wire import DONE, Framing, NDJSONFraming, SSEDecoder, SSEEvent
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,10 @@ class ApiRequest(Protocol):
     def upstream_params(self) -> dict[str, Any]: ...
 
     def estimated_input_tokens(self) -> int: ...
+
+    def output_token_limit(self) -> int:
+        """The most output tokens the request may cost (what its reservation holds)."""
+        ...
 
 
 class UpstreamApi(Protocol):
@@ -92,13 +96,23 @@ class UpstreamApi(Protocol):
 
 
 async def open_relay(
-    *, api: UpstreamApi, request: ApiRequest, caller: Caller, framing: Framing, admission: Admission
+    *,
+    api: UpstreamApi,
+    request: ApiRequest,
+    caller: Caller,
+    framing: Framing,
+    admission: Admission,
+    row: UsageLog | None = None,
+    transcript: Transcript | None = None,
 ) -> RelayStream:
     """Start the upstream request and the stream that relays it.
 
     A failure before the upstream answers is recorded and raised as its ApiError (an HTTP error
     status), unless the upstream has not answered within the keepalive interval: then the stream
     starts anyway (200, keepalives) and such a failure arrives as its error line instead.
+
+    `row` is the request's usage row, written in progress at admission, which the end settles
+    (without one, the end writes it); a `transcript` gets the answer's events once it is settled.
     """
     user = caller.user
     account = StreamAccount(
@@ -107,7 +121,11 @@ async def open_relay(
         endpoint=api.endpoint,
         model=request.model,
         estimated_input_tokens=request.estimated_input_tokens(),
+        reserved=admission.reserved,
+        transcript=transcript,
     )
+    if row is not None:
+        account.row_id, account.created_at = row.pk, row.created_at
     upstream = get_upstream()
     # Unwound in reverse when the request ends, however it ends: the response, its connection, the usage row.
     cleanup = AsyncExitStack()
@@ -220,6 +238,7 @@ class RelayStream:
         self._first_token_deadline = first_token_deadline
         self._cleanup = cleanup
         self._decoder = SSEDecoder()
+        self._kept = account.transcript.events if account.transcript is not None else None
         self._inbox: list[bytes] = []
         self._upstream_ended = False
         self._upstream_error: Exception | None = None
@@ -323,7 +342,7 @@ class RelayStream:
                 return
             now = time.monotonic()
             if now - last_refresh > SLOT_REFRESH_SECONDS:
-                await sync_to_async(self._admission.refresh)()
+                await sync_to_async(keep_alive)(self._account, self._admission)
                 last_refresh = now
             if self._account.first_output_at is None:
                 deadline, timeout_error = self._first_token_deadline, first_token_timeout
@@ -376,6 +395,8 @@ class RelayStream:
             if self._failure is not None:
                 break
             self._account.events += 1
+            if self._kept is not None:
+                self._kept.append(payload)
             if not self._api.forwards(payload, self._request):
                 continue
             data = event.data if b"\n" not in event.data else orjson.dumps(payload)

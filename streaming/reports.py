@@ -76,7 +76,7 @@ def _usage_aggregates(today: datetime, month: datetime) -> dict[str, Aggregate]:
     return {
         "requests": Count("pk"),
         "completed": Count("pk", filter=Q(status=status.COMPLETED)),
-        "errors": Count("pk", filter=Q(status=status.ERROR)),
+        "errors": Count("pk", filter=Q(status__in=(status.ERROR, status.INTERRUPTED))),
         "cancelled": Count("pk", filter=Q(status=status.CANCELLED)),
         "prompt_tokens": Sum("prompt_tokens", default=0),
         "completion_tokens": Sum("completion_tokens", default=0),

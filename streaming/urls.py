@@ -1,6 +1,8 @@
 """The app's URLs; a site mounts them with `path("", include("streaming.urls"))` (or under a prefix).
 
-Names are in the "streaming" namespace: `streaming:chat` (the chat page), `streaming:chat-stream` and
+Names are in the "streaming" namespace: `streaming:chat` (the chat page; `streaming:conversation`, the
+page on one saved conversation), `streaming:conversations` and `streaming:conversation-api` (the
+page's saved conversations), `streaming:markdown` (answers' Markdown as safe HTML), `streaming:chat-stream` and
 `streaming:responses-stream` (the session's streaming APIs), `streaming:api-keys` (the user's keys),
 `streaming:usage` (the user's usage), `streaming:metrics` (Prometheus), and `streaming:v1-*` for
 OpenAI's API under `v1/`.
@@ -8,12 +10,16 @@ OpenAI's API under `v1/`.
 
 from django.urls import path, re_path
 
-from . import key_views, metrics_views, usage_views, v1_views, views
+from . import conversation_views, key_views, markdown_views, metrics_views, usage_views, v1_views, views
 
 app_name = "streaming"
 
 urlpatterns = [
-    path("", views.chat_page, name="chat"),
+    path("", conversation_views.chat_page, name="chat"),
+    path("c/<uuid:conversation_id>/", conversation_views.chat_page, name="conversation"),
+    path("api/conversations", conversation_views.conversations, name="conversations"),
+    path("api/conversations/<uuid:conversation_id>", conversation_views.conversation, name="conversation-api"),
+    path("api/markdown", markdown_views.render, name="markdown"),
     path("api/chat/stream", views.chat_stream, name="chat-stream"),
     path("api/responses/stream", views.responses_stream, name="responses-stream"),
     path("keys/", key_views.api_keys_page, name="api-keys"),

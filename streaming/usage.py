@@ -1,23 +1,71 @@
-"""Usage accounting: what one relayed request cost, and the one place that records it."""
+"""Usage accounting: what one relayed request cost, and the one place that records it.
+
+A request's usage row is written when it is admitted for the upstream (`open_usage_row`, status
+`in_progress`, holding its reservation against the budgets), kept alive while it streams
+(`keep_alive`), and settled exactly once at the end (`save_usage`): a conditional update of a row
+still in progress, so an end path that runs twice settles nothing the second time. A row whose
+server process died (no sign of life for STALE_SECONDS) is settled as `interrupted` by
+`sweep_interrupted`, which the `sweep_interrupted` command (a timer), each process's first
+admission and a budget refusal run.
+"""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import close_old_connections
 from django.utils import timezone
 
 from . import metrics
 from .api_keys import note_key_used
-from .limits import Admission, count_spending
+from .limits import (
+    SLOT_REFRESH_SECONDS,
+    Admission,
+    Reservation,
+    release_reservation,
+    release_slot,
+    settle_reservation,
+)
 from .models import ApiKey, UsageLog
 from .pricing import apply_cost, cost_of
 from .request_log import log_usage
+
+logger = logging.getLogger(__name__)
+
+# A stream's row is refreshed every SLOT_REFRESH_SECONDS while it streams; one not refreshed for
+# this long belongs to a process that died (four refreshes missed).
+STALE_SECONDS = 4 * SLOT_REFRESH_SECONDS
+# What a settled row's update writes (everything the end of a request knows).
+SETTLED_FIELDS = (
+    "status",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "tokens_estimated",
+    "cached_tokens",
+    "reasoning_tokens",
+    "time_to_first_token_ms",
+    "duration_ms",
+    "upstream_request_id",
+    "upstream_response_id",
+    "error_message",
+    "finish_reason",
+    "tool_calls",
+    "cost",
+    "price",
+    "price_missing",
+)
+INTERRUPTED_MESSAGE = (
+    "The server process relaying this request stopped before it ended; its tokens are estimated "
+    "from what the process had recorded."
+)
 
 # Per-message overhead of the chat format, as OpenAI counts it.
 TOKENS_PER_MESSAGE = 4
@@ -60,6 +108,15 @@ def _token_detail(usage: dict[str, Any], details: str, name: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+class Transcript(Protocol):
+    """Someone who wants the answer itself once it is settled (a saved conversation): the relay
+    keeps the accounted-for events for it."""
+
+    events: list[dict[str, Any]]
+
+    def save_answer(self, *, row: UsageLog) -> None: ...
+
+
 @dataclass
 class StreamAccount:
     """What one request has cost so far: filled in as events pass, recorded once at the end.
@@ -75,6 +132,10 @@ class StreamAccount:
     api_key: ApiKey | None = None
     started: float = field(default_factory=time.monotonic)
     created_at: datetime = field(default_factory=timezone.now)
+    # The request's row, written in progress at admission; None: the row is written at the end.
+    row_id: int | None = None
+    reserved: Reservation = field(default_factory=Reservation)
+    transcript: Transcript | None = None
     status: str = UsageLog.Status.ERROR
     usage: ReportedUsage | None = None
     output_chars: int = 0
@@ -127,6 +188,7 @@ class StreamAccount:
             prompt, completion, total = self.usage.prompt_tokens, self.usage.completion_tokens, self.usage.total_tokens
         ended = time.monotonic()
         return UsageLog(
+            pk=self.row_id,
             user_id=self.user.pk,
             api_key=self.api_key,
             created_at=self.created_at,
@@ -146,6 +208,8 @@ class StreamAccount:
             error_message=self.error_message,
             finish_reason=self.finish_reason,
             tool_calls=len(self.tool_calls),
+            reserved_tokens=self.reserved.tokens,
+            reserved_cost=self.reserved.cost,
         )
 
 
@@ -153,19 +217,96 @@ def _ms(seconds: float) -> int:
     return max(0, round(seconds * 1000))
 
 
+def open_usage_row(
+    *,
+    user: AbstractBaseUser,
+    api_key: ApiKey | None,
+    endpoint: str,
+    model: str,
+    input_tokens: int,
+    admission: Admission,
+) -> UsageLog:
+    """The row of a request admitted for the upstream, written before it is sent there: in progress,
+    with its prompt estimate and what it holds against the budgets."""
+    return UsageLog.objects.create(
+        user_id=user.pk,
+        api_key=api_key,
+        created_at=admission.at,
+        endpoint=endpoint,
+        model=model,
+        status=UsageLog.Status.IN_PROGRESS,
+        prompt_tokens=input_tokens,
+        tokens_estimated=True,
+        reserved_tokens=admission.reserved.tokens,
+        reserved_cost=admission.reserved.cost,
+        last_seen_at=admission.at,
+        concurrency_slot=admission.slot,
+    )
+
+
+def withdraw_usage_row(*, user_id: int, row: UsageLog | None, admission: Admission) -> None:
+    """Undo an admission whose request failed before it was sent upstream: its row goes (the
+    provider saw nothing to bill), its reservation and slot are given back, once (a row a sweep
+    settled meanwhile has given them back already)."""
+    if row is not None and not UsageLog.objects.filter(pk=row.pk, status=UsageLog.Status.IN_PROGRESS).delete()[0]:
+        return
+    release_reservation(user_id, admission.reserved, at=admission.at)
+    admission.release()
+
+
+def keep_alive(account: StreamAccount, admission: Admission) -> None:
+    """A stream's sign of life (its slot, its row's time and output so far, for a sweep's estimate);
+    its database connection goes back at once."""
+    admission.refresh()
+    if account.row_id is None:
+        return
+    try:
+        UsageLog.objects.filter(pk=account.row_id, status=UsageLog.Status.IN_PROGRESS).update(
+            last_seen_at=timezone.now(), completion_tokens=estimate_tokens(account.output_chars)
+        )
+    finally:
+        close_old_connections()
+
+
 def save_usage(account: StreamAccount, admission: Admission) -> UsageLog:
-    """Write the usage row with its cost, count its tokens and cost, note the key's use, and free
-    the concurrency slot (which is freed whatever happens)."""
+    """Settle the usage row with its cost, replace its reservation by its tokens and cost, note the
+    key's use, hand the answer to its transcript, and free the concurrency slot (which is freed
+    whatever happens)."""
     try:
         row = account.as_usage_log()
         apply_cost(row, cost_of(row))
-        row.save(force_insert=True)
-        count_spending(row.user_id, row.total_tokens, row.cost, row.created_at)
+        if account.row_id is None:
+            row.save(force_insert=True)
+            settle_reservation(row.user_id, account.reserved, tokens=row.total_tokens, cost=row.cost, at=row.created_at)
+        elif not _settle(row, account.reserved):
+            return row
         if account.api_key is not None:
             note_key_used(account.api_key, now=row.created_at)
+        if account.transcript is not None:
+            account.transcript.save_answer(row=row)
         return row
     finally:
         admission.release()
+
+
+def _settle(row: UsageLog, reserved: Reservation) -> bool:
+    """Write the end of the request into its row, once: whether this call settled it.
+
+    A row a sweep settled as interrupted while its stream still ran (its process stalled) gets the
+    real figures after all; the budget counters then take the difference from the sweep's estimate.
+    """
+    values = {name: getattr(row, name) for name in SETTLED_FIELDS}
+    if UsageLog.objects.filter(pk=row.pk, status=UsageLog.Status.IN_PROGRESS).update(**values):
+        held = reserved
+    else:
+        interrupted = UsageLog.objects.filter(pk=row.pk, status=UsageLog.Status.INTERRUPTED)
+        swept = interrupted.values("total_tokens", "cost").first()
+        if not (swept and interrupted.update(**values)):
+            logger.warning("Usage row %s was settled already; this end of its request changes nothing", row.pk)
+            return False
+        held = Reservation(tokens=swept["total_tokens"], cost=swept["cost"])
+    settle_reservation(row.user_id, held, tokens=row.total_tokens, cost=row.cost, at=row.created_at)
+    return True
 
 
 async def record_usage(account: StreamAccount, admission: Admission) -> UsageLog:
@@ -177,3 +318,43 @@ async def record_usage(account: StreamAccount, admission: Admission) -> UsageLog
     log_usage(row)
     metrics.count_usage(row, account)
     return row
+
+
+def sweep_interrupted(*, user_id: int | None = None, stale_seconds: float = STALE_SECONDS, limit: int = 1000) -> int:
+    """Settle as `interrupted` the rows in progress whose process shows no sign of life for
+    `stale_seconds` (all users', or one's): tokens estimated from the row (the prompt estimate and
+    the output its last refresh recorded), costed, their reservations released. How many it settled."""
+    cutoff = timezone.now() - timedelta(seconds=stale_seconds)
+    stale = UsageLog.objects.filter(status=UsageLog.Status.IN_PROGRESS, last_seen_at__lt=cutoff)
+    if user_id is not None:
+        stale = stale.filter(user_id=user_id)
+    settled = 0
+    for row in stale.order_by("pk")[:limit]:
+        row.status = UsageLog.Status.INTERRUPTED
+        row.total_tokens = row.prompt_tokens + row.completion_tokens
+        row.tokens_estimated = True
+        row.duration_ms = _ms(((row.last_seen_at or row.created_at) - row.created_at).total_seconds())
+        row.error_message = INTERRUPTED_MESSAGE
+        apply_cost(row, cost_of(row))
+        values = {name: getattr(row, name) for name in SETTLED_FIELDS}
+        if not UsageLog.objects.filter(pk=row.pk, status=UsageLog.Status.IN_PROGRESS).update(**values):
+            continue  # it ended meanwhile
+        reserved = Reservation(tokens=row.reserved_tokens, cost=row.reserved_cost)
+        settle_reservation(row.user_id, reserved, tokens=row.total_tokens, cost=row.cost, at=row.created_at)
+        release_slot(row.concurrency_slot)
+        log_usage(row)
+        metrics.count_usage(row)
+        settled += 1
+    return settled
+
+
+_swept_at_start = False
+
+
+def sweep_once_at_start() -> None:
+    """On a process's first admission: settle what earlier processes left in progress when they died."""
+    global _swept_at_start
+    if not _swept_at_start:
+        _swept_at_start = True
+        if count := sweep_interrupted():
+            logger.warning("Settled %d usage rows left in progress by a server process that stopped", count)

@@ -24,6 +24,7 @@ from .fronts import bearer_key_front
 from .relay import UpstreamApi
 from .responses import RESPONSES, assemble_response
 from .schemas.chat_completions import parse_chat_completion_request
+from .schemas.fields import Body
 from .schemas.responses import parse_responses_request
 from .views import StreamedRequest, accept_and_open, method_not_allowed_response, streaming_response
 from .wire import Framing, NDJSONFraming, SSEFraming
@@ -63,7 +64,7 @@ async def responses(request: HttpRequest) -> HttpResponseBase:
 async def _relay(
     request: HttpRequest,
     *,
-    parse: Callable[[bytes], StreamedRequest],
+    parse: Callable[[Body], StreamedRequest],
     api: UpstreamApi,
     assemble: Callable[[list[dict[str, Any]]], dict[str, Any]],
 ) -> HttpResponseBase:
@@ -73,7 +74,7 @@ async def _relay(
     opened = await accept_and_open(request, front=bearer_key_front, parse=parse, api=api, framing=_framing)
     if isinstance(opened, ApiError):
         return error_response(opened)
-    accepted, stream = opened
+    accepted, stream = opened.request, opened.stream
     if accepted.stream:
         return streaming_response(stream)
     try:

@@ -4,30 +4,31 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.contrib.auth import views as auth_views
-from django.contrib.auth.decorators import login_required
 from django.core.cache import cache
 from django.db import DatabaseError, close_old_connections, connection
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
-from django.shortcuts import render, resolve_url
+from django.shortcuts import render
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
 
 from . import metrics
-from .chat_completions import CHAT_COMPLETIONS
-from .conf import app_settings
+from .chat_completions import CHAT_COMPLETIONS, AnswerTranscript
+from .conversations import ConversationTurn, open_turn
 from .errors import ApiError, error_response, internal_error, method_not_allowed, not_found, stream_required
 from .fronts import Caller, request_body, session_front
 from .limits import Admission, admit
+from .models import UsageLog
 from .relay import ApiRequest, RelayStream, UpstreamApi, open_relay
 from .request_log import log_refusal
 from .responses import RESPONSES
 from .schemas.chat_completions import parse_chat_completion_request
+from .schemas.fields import Body, load_body
 from .schemas.responses import parse_responses_request
+from .usage import open_usage_row, sweep_interrupted, sweep_once_at_start, withdraw_usage_row
 from .wire import Framing, framing_for
 
 RequestT = TypeVar("RequestT")
@@ -45,24 +46,15 @@ class LogoutView(auth_views.LogoutView):
         return render(request, "registration/logout_confirm.html")
 
 
-@login_required
-def chat_page(request: HttpRequest) -> HttpResponse:
-    context = {
-        "demo_mode": app_settings.CHAT_DEMO_MODE,
-        "models": app_settings.CHAT_ALLOWED_MODELS,
-        "default_model": app_settings.CHAT_DEFAULT_MODEL,
-        "login_url": resolve_url(settings.LOGIN_URL),
-    }
-    return render(request, "streaming/chat.html", context)
-
-
 @csrf_exempt  # the session front checks CSRF itself, after authentication
 async def chat_stream(request: HttpRequest) -> HttpResponseBase:
-    """Relay one streaming chat completion to a logged-in user of the page."""
+    """Relay one streaming chat completion to a logged-in user of the page, in a saved conversation
+    when the body names one (`conversation`: an id, or "new")."""
     return await page_stream(
         request,
         parse=streamed_only(parse_chat_completion_request, instead="/v1/chat/completions"),
         api=CHAT_COMPLETIONS,
+        conversation=open_turn,
     )
 
 
@@ -75,9 +67,18 @@ async def responses_stream(request: HttpRequest) -> HttpResponseBase:
 
 
 async def page_stream(
-    request: HttpRequest, *, parse: Callable[[bytes], ApiRequest], api: UpstreamApi
+    request: HttpRequest,
+    *,
+    parse: Callable[[Body], ApiRequest],
+    api: UpstreamApi,
+    conversation: OpenTurn | None = None,
 ) -> HttpResponseBase:
-    """The session front's stream: NDJSON, or OpenAI's SSE for `Accept: text/event-stream`."""
+    """The session front's stream: NDJSON, or OpenAI's SSE for `Accept: text/event-stream`.
+
+    With `conversation`, a body may name a saved conversation: its history goes before the body's
+    new messages, and the stream's headers say which conversation it is and how many of its oldest
+    messages were left out to fit the input limits.
+    """
     if request.method != "POST":
         return method_not_allowed_response("POST")
     opened = await accept_and_open(
@@ -86,10 +87,15 @@ async def page_stream(
         parse=parse,
         api=api,
         framing=lambda _: framing_for(request.headers.get("Accept", "")),
+        conversation=conversation,
     )
     if isinstance(opened, ApiError):
         return error_response(opened)
-    return streaming_response(opened[1])
+    response = streaming_response(opened.stream)
+    if opened.turn is not None:
+        response["Chatproxy-Conversation"] = str(opened.turn.conversation.pk)
+        response["Chatproxy-History-Omitted"] = str(opened.turn.omitted)
+    return response
 
 
 class StreamedRequest(ApiRequest, Protocol):
@@ -100,10 +106,10 @@ class StreamedRequest(ApiRequest, Protocol):
 StreamedRequestT = TypeVar("StreamedRequestT", bound=StreamedRequest)
 
 
-def streamed_only(parse: Callable[[bytes], StreamedRequestT], *, instead: str) -> Callable[[bytes], StreamedRequestT]:
+def streamed_only(parse: Callable[[Body], StreamedRequestT], *, instead: str) -> Callable[[Body], StreamedRequestT]:
     """`parse`, refusing `stream: false`: the page's API only streams (`/v1` answers in one object)."""
 
-    def parse_streamed(body: bytes) -> StreamedRequestT:
+    def parse_streamed(body: Body) -> StreamedRequestT:
         parsed = parse(body)
         if not parsed.stream:
             raise stream_required(instead=instead)
@@ -112,27 +118,44 @@ def streamed_only(parse: Callable[[bytes], StreamedRequestT], *, instead: str) -
     return parse_streamed
 
 
+# Given the caller and a body, the body with a saved conversation's history, and the turn to save.
+OpenTurn = Callable[..., tuple[dict[str, Any], ConversationTurn | None]]
+
+
 @dataclass(frozen=True)
-class Accepted(Generic[RequestT]):
-    """A request let through to the upstream: who asks, what, and the admission it holds."""
+class Accepted(Generic[ApiRequestT]):
+    """A request let through to the upstream: who asks, what, the admission it holds, its usage
+    row (in progress) and the conversation turn it saves, if any."""
 
     caller: Caller
-    request: RequestT
+    request: ApiRequestT
     admission: Admission
+    row: UsageLog
+    turn: ConversationTurn | None = None
+
+
+@dataclass(frozen=True)
+class Opened(Generic[ApiRequestT]):
+    request: ApiRequestT
+    stream: RelayStream
+    turn: ConversationTurn | None
 
 
 async def accept_and_open(
     request: HttpRequest,
     *,
     front: Callable[[HttpRequest], Caller],
-    parse: Callable[[bytes], ApiRequestT],
+    parse: Callable[[Body], ApiRequestT],
     api: UpstreamApi,
     framing: Callable[[ApiRequestT], Framing],
-) -> tuple[ApiRequestT, RelayStream] | ApiError:
+    conversation: OpenTurn | None = None,
+) -> Opened[ApiRequestT] | ApiError:
     """Who asks and what (the front, validation and admission), then the upstream's stream opened
     for it; or the error refusing the request (logged, with its usage row if it reached the upstream)."""
     metrics.request_entered()
-    accepted = await sync_to_async(accept_request)(request, front=front, parse=parse)
+    accepted = await sync_to_async(accept_request)(
+        request, front=front, parse=parse, endpoint=api.endpoint, conversation=conversation
+    )
     if isinstance(accepted, ApiError):
         metrics.request_refused(api.endpoint, accepted)
         return accepted
@@ -143,32 +166,72 @@ async def accept_and_open(
             caller=accepted.caller,
             framing=framing(accepted.request),
             admission=accepted.admission,
+            row=accepted.row,
+            transcript=AnswerTranscript(accepted.turn.save_answer) if accepted.turn is not None else None,
         )
     except ApiError as error:
         return error
-    return accepted.request, stream
+    return Opened(request=accepted.request, stream=stream, turn=accepted.turn)
 
 
 def accept_request(
-    request: HttpRequest, *, front: Callable[[HttpRequest], Caller], parse: Callable[[bytes], RequestT]
-) -> Accepted[RequestT] | ApiError:
-    """The front, the body's validation and admission, or the error refusing the request.
+    request: HttpRequest,
+    *,
+    front: Callable[[HttpRequest], Caller],
+    parse: Callable[[Body], ApiRequestT],
+    endpoint: str,
+    conversation: OpenTurn | None = None,
+) -> Accepted[ApiRequestT] | ApiError:
+    """The front, the body's validation, admission and the request's usage row (in progress), or
+    the error refusing the request.
 
     All of the request's database work before streaming, in one thread hop; then its database
     connection goes back, since a stream may stay open for minutes and 500 open streams must not
-    hold 500 connections. The usage row at the end takes one briefly.
+    hold 500 connections. The usage row's refreshes and its settling take one briefly.
     """
     try:
         caller = front(request)
         try:
-            return Accepted(caller=caller, request=parse(request_body(request)), admission=admit(caller.user))
+            body: Body = request_body(request)
+            turn = None
+            if conversation is not None:
+                body, turn = conversation(user=caller.user, data=load_body(body))
+            parsed = parse(body)
+            sweep_once_at_start()
+            admission = admit(
+                caller.user,
+                model=parsed.model,
+                input_tokens=parsed.estimated_input_tokens(),
+                output_tokens=parsed.output_token_limit(),
+                sweep_stale=sweep_user_interrupted,
+            )
         except ApiError as error:
             log_refusal(user_id=caller.user.pk, api_key_id=caller.api_key.pk if caller.api_key else None, error=error)
             return error
+        row = None
+        try:
+            row = open_usage_row(
+                user=caller.user,
+                api_key=caller.api_key,
+                endpoint=endpoint,
+                model=parsed.model,
+                input_tokens=parsed.estimated_input_tokens(),
+                admission=admission,
+            )
+            if turn is not None:
+                turn.save_request(usage=row)
+        except BaseException:
+            withdraw_usage_row(user_id=caller.user.pk, row=row, admission=admission)
+            raise
+        return Accepted(caller=caller, request=parsed, admission=admission, row=row, turn=turn)
     except ApiError as error:
         return error
     finally:
         close_old_connections()
+
+
+def sweep_user_interrupted(user_id: int) -> int:
+    return sweep_interrupted(user_id=user_id)
 
 
 def streaming_response(stream: RelayStream) -> StreamingHttpResponse:

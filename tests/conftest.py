@@ -122,6 +122,17 @@ def demo_site(django_db_setup, tmp_path_factory) -> Iterator[LiveSite]:
 
 
 @pytest.fixture
+def alice(db, django_user_model):
+    """A user for tests that need no live server (`user` is the live site's)."""
+    return django_user_model.objects.create_user("alice", password=PASSWORD)
+
+
+@pytest.fixture
+def bob(db, django_user_model):
+    return django_user_model.objects.create_user("bob", password=PASSWORD)
+
+
+@pytest.fixture
 def user(transactional_db, django_user_model):
     return django_user_model.objects.create_user("alice", password=PASSWORD)
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,6 +20,7 @@ from django.conf import settings as django_settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connections
 from django.test import Client
+from django.utils import timezone
 
 from streaming.models import UsageLog
 
@@ -171,14 +173,16 @@ def readme_code_blocks(heading: str, *languages: str) -> list[str]:
 
 
 def wait_for_rows(user, count: int = 1, timeout: float = 5.0) -> list[UsageLog]:
-    """The user's usage rows, oldest first, once there are `count` of them (rows are written after the stream)."""
+    """The user's usage rows, oldest first, once there are `count` of them and all are settled (a row
+    is written in progress at admission and settled when its request ends)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = list(UsageLog.objects.filter(user=user).select_related("api_key").order_by("created_at", "pk"))
-        if len(rows) >= count:
+        if len(rows) >= count and all(row.status != UsageLog.Status.IN_PROGRESS for row in rows):
             return rows
         time.sleep(0.02)
-    raise AssertionError(f"expected {count} usage rows, found {UsageLog.objects.filter(user=user).count()}")
+    found = UsageLog.objects.filter(user=user).values_list("status", flat=True)
+    raise AssertionError(f"expected {count} settled usage rows, found {list(found)}")
 
 
 async def await_rows(user, count: int = 1, timeout: float = 5.0) -> list[UsageLog]:
@@ -192,3 +196,24 @@ async def await_rows(user, count: int = 1, timeout: float = 5.0) -> list[UsageLo
             connections.close_all()
 
     return await sync_to_async(rows, thread_sensitive=False)()
+
+
+# The prompt estimate of a one-message body saying "Hi", in tokens (four characters a token, plus
+# the message's overhead).
+PROMPT_ESTIMATE = 5
+
+
+def in_progress_row(user, *, age: float, reserved: int = 0, completion: int = 0) -> UsageLog:
+    """A row as a server process leaves it when it dies: in progress, last refreshed `age` seconds ago."""
+    at = timezone.now() - timedelta(seconds=age)
+    return UsageLog.objects.create(
+        user=user,
+        created_at=at,
+        model=MODEL,
+        status=UsageLog.Status.IN_PROGRESS,
+        prompt_tokens=PROMPT_ESTIMATE,
+        completion_tokens=completion,
+        tokens_estimated=True,
+        reserved_tokens=reserved,
+        last_seen_at=at,
+    )

@@ -11,19 +11,8 @@ from django.utils import timezone
 from streaming.api_keys import KEY_PATTERN, authenticate_api_key, create_api_key
 from streaming.errors import ApiError
 from streaming.models import ApiKey
-from tests.live_site import PASSWORD
 
 KEYS_URL = "/keys/"
-
-
-@pytest.fixture
-def alice(db, django_user_model):
-    return django_user_model.objects.create_user("alice", password=PASSWORD)
-
-
-@pytest.fixture
-def bob(db, django_user_model):
-    return django_user_model.objects.create_user("bob", password=PASSWORD)
 
 
 @pytest.fixture

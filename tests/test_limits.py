@@ -17,18 +17,26 @@ from django.utils import timezone
 from streaming.limits import limits_for
 from streaming.models import LimitRefusal, UsageLimit, UsageLog
 from streaming.upstream import get_upstream, upstream_user_id
+from streaming.usage import STALE_SECONDS
 from tests.fake_upstream import Reply
-from tests.live_site import LIVE_KEEPALIVE_SECONDS, MODEL, STREAM_URL
+from tests.live_site import (
+    LIVE_KEEPALIVE_SECONDS,
+    MODEL,
+    PROMPT_ESTIMATE,
+    STREAM_URL,
+    in_progress_row,
+    wait_for_rows,
+)
 
 BODY = {"messages": [{"role": "user", "content": "Hi"}]}
 
 
-def fire_concurrently(client: httpx.Client, count: int) -> list[httpx.Response]:
+def fire_concurrently(client: httpx.Client, count: int, body: dict = BODY) -> list[httpx.Response]:
     """`count` requests at once, each on its own connection, read to the end."""
 
     def one(_: int) -> httpx.Response:
         with httpx.Client(base_url=client.base_url, cookies=client.cookies, headers=client.headers, timeout=20) as own:
-            response = own.post(STREAM_URL, json=BODY)
+            response = own.post(STREAM_URL, json=body)
             response.read()
             return response
 
@@ -67,22 +75,57 @@ def test_concurrent_streams_admits_exactly_n_and_frees_slots_when_streams_end(si
     assert sorted(r.status_code for r in fire_concurrently(site_client, 3)) == [200] * 3
 
 
-def test_daily_budget_refuses_new_requests_but_never_cuts_a_stream(site_client, fake_upstream, user):
+def test_daily_budget_admits_a_request_only_if_its_worst_case_fits(site_client, fake_upstream, user):
     UsageLimit.objects.create(user=user, daily_token_budget=100)
     UsageLog.objects.create(
-        user=user, created_at=timezone.now(), model=MODEL, status="completed", total_tokens=90, duration_ms=1
+        user=user, created_at=timezone.now(), model=MODEL, status="completed", total_tokens=40, duration_ms=1
     )
-    fake_upstream.will_reply(Reply(usage=(30, 20)))  # this answer takes the user over budget
-    with site_client.stream("POST", STREAM_URL, json=BODY) as response:
-        lines = [json.loads(line) for line in response.iter_lines() if line.strip()]
-    assert response.status_code == 200 and lines[-1]["usage"]["total_tokens"] == 50
+    small = {**BODY, "max_tokens": 40}  # worst case: a 5-token prompt estimate + 40
+    too_large = site_client.post(STREAM_URL, json=BODY)  # 5 + CHAT_MAX_TOKENS (1,024) cannot fit
+    assert too_large.status_code == 429
+    assert too_large.json()["error"]["message"].startswith(
+        "Daily token budget too low for this request: it may need up to 1029 tokens, and 40 of 100 are used;"
+    )
 
-    refused = site_client.post(STREAM_URL, json=BODY)
+    fake_upstream.will_reply(Reply(usage=(30, 20)))
+    with site_client.stream("POST", STREAM_URL, json=small) as response:
+        lines = [json.loads(line) for line in response.iter_lines() if line.strip()]
+    assert response.status_code == 200 and lines[-1]["usage"]["total_tokens"] == 50  # never cut short
+    wait_for_rows(user, count=2)
+
+    refused = site_client.post(STREAM_URL, json=small)  # 90 used: 45 more cannot fit
     assert refused.status_code == 429
     error = refused.json()["error"]
-    assert error["code"] == "daily_token_budget" and "140 of 100" in error["message"]
+    assert error["code"] == "daily_token_budget" and "45 tokens, and 90 of 100 are used" in error["message"]
     assert 0 < int(refused.headers["retry-after"]) <= 86400
     assert UsageLog.objects.filter(user=user).count() == 2
+
+
+def test_concurrent_requests_never_overshoot_a_token_budget(site_client, fake_upstream, user):
+    worst_case = PROMPT_ESTIMATE + 200
+    UsageLimit.objects.create(
+        user=user, requests_per_minute=0, concurrent_streams=0, daily_token_budget=5 * worst_case + 10
+    )
+    fake_upstream.default_reply = Reply(pieces=["word "] * 6, delay=0.1, usage=(PROMPT_ESTIMATE, 200))
+    responses = fire_concurrently(site_client, 20, body={**BODY, "max_tokens": 200})
+
+    assert sorted(r.status_code for r in responses) == [200] * 5 + [429] * 15
+    refused = [r.json()["error"] for r in responses if r.status_code == 429]
+    assert {error["code"] for error in refused} == {"daily_token_budget"}
+    assert any("held by" in error["message"] for error in refused)  # said while the admitted ones streamed
+    rows = wait_for_rows(user, count=5)
+    assert len(rows) == 5 and sum(row.total_tokens for row in rows) <= 5 * worst_case + 10
+
+
+def test_a_dead_process_reservation_is_released_when_it_would_refuse(site_client, fake_upstream, user):
+    UsageLimit.objects.create(user=user, daily_token_budget=300)
+    dead = in_progress_row(user, age=STALE_SECONDS + 5, reserved=290)
+    fake_upstream.will_reply(Reply(usage=(PROMPT_ESTIMATE, 3)))
+    with site_client.stream("POST", STREAM_URL, json={**BODY, "max_tokens": 20}) as response:
+        lines = [json.loads(line) for line in response.iter_lines() if line.strip()]
+    assert response.status_code == 200 and lines[-1]["usage"]["total_tokens"] == PROMPT_ESTIMATE + 3
+    dead.refresh_from_db()
+    assert dead.status == "interrupted"
 
 
 def test_monthly_budget_counts_earlier_days(site_client, fake_upstream, user):

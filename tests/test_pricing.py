@@ -99,17 +99,18 @@ def test_a_monthly_money_budget_counts_earlier_days_and_what_each_relayed_reques
     site_client, fake_upstream, user
 ):
     UsageLimit.objects.create(user=user, monthly_cost_budget=Decimal("1.00"), daily_token_budget=0)
-    price(MODEL, input_per_million="40000", output_per_million="40000")  # 18 tokens: 0.72
+    price(MODEL, input_per_million="20000", output_per_million="20000")  # 0.02 a token
     row(user, at=timezone.localtime().replace(day=1, hour=0, minute=0, second=1), cost=Decimal("0.40"))
+    small = {**BODY, "max_tokens": 11}  # worst case: (5 + 11) tokens, 0.32
     fake_upstream.will_reply(Reply(usage=(11, 7)))
-    with site_client.stream("POST", STREAM_URL, json=BODY) as response:
+    with site_client.stream("POST", STREAM_URL, json=small) as response:
         lines = [json.loads(line) for line in response.iter_lines() if line.strip()]
     assert response.status_code == 200 and lines[-1]["usage"]["total_tokens"] == 18  # within budget: relayed
     wait_for_rows(user, count=2)
 
-    refused = site_client.post(STREAM_URL, json=BODY)  # 0.40 + 0.72 spent
+    refused = site_client.post(STREAM_URL, json=small)  # 0.40 + 0.36 spent: 0.32 more cannot fit
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "monthly_cost_budget"
-    assert "Monthly cost budget used up (1.12 of 1.00 USD)" in refused.json()["error"]["message"]
+    assert "it may need up to 0.32 USD, and 0.76 of 1.00 are used" in refused.json()["error"]["message"]
 
 
 def test_recompute_costs_applies_a_corrected_price_to_the_rows_of_its_days(db, user, capsys):

@@ -22,16 +22,6 @@ from tests.test_browser import screenshot_dir
 USAGE_URL = "/usage/"
 
 
-@pytest.fixture
-def alice(db, django_user_model):
-    return django_user_model.objects.create_user("alice", password=PASSWORD)
-
-
-@pytest.fixture
-def bob(db, django_user_model):
-    return django_user_model.objects.create_user("bob", password=PASSWORD)
-
-
 def client_of(user) -> Client:
     client = Client()
     client.force_login(user)

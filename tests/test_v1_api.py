@@ -373,14 +373,15 @@ def test_the_page_and_the_key_share_one_rate_window(live_site, site_client, fake
 
 
 def test_the_page_and_the_key_share_one_token_budget(live_site, site_client, fake_upstream, user, api_key):
-    UsageLimit.objects.create(user=user, daily_token_budget=sum(USAGE))
+    UsageLimit.objects.create(user=user, daily_token_budget=100)
     fake_upstream.default_reply = Reply(usage=USAGE)
 
     with sdk(live_site, api_key) as client:
-        assert site_client.post(STREAM_URL, json={"messages": MESSAGES}).status_code == 200
+        # Each request's worst case (a 7-token prompt estimate + its max_tokens) fits the budget alone.
+        assert site_client.post(STREAM_URL, json={"messages": MESSAGES, "max_tokens": 50}).status_code == 200
         wait_for_rows(user)
-        with pytest.raises(openai.RateLimitError) as refused:
-            client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError) as refused:  # but not beside the page's 30 tokens
+            client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=80)
 
     assert refused.value.code == "daily_token_budget"
     assert int(refused.value.response.headers["retry-after"]) > 0

@@ -107,7 +107,7 @@ class ChatCompletionRequest:
     @property
     def input_chars(self) -> int:
         """Characters of text across all messages: content, text and refusal parts, tool-call arguments."""
-        return sum(len(text) for message in self.messages for text in _message_texts(message))
+        return sum(len(text) for message in self.messages for text in message_texts(message))
 
     @property
     def image_count(self) -> int:
@@ -127,8 +127,14 @@ class ChatCompletionRequest:
             chars=self.input_chars + self.schema_bytes, messages=len(self.messages), images=self.image_count
         )
 
+    def output_token_limit(self) -> int:
+        """The most tokens the answer may take: its cap (the clamped `max_tokens` or
+        `max_completion_tokens`) for each of its `n` choices."""
+        cap = self.max_tokens if self.max_tokens is not None else self.parameters.get("max_completion_tokens")
+        return (cap or app_settings.CHAT_MAX_TOKENS) * self.parameters.get("n", 1)
 
-def parse_chat_completion_request(body: bytes, *, stream_default: bool = True) -> ChatCompletionRequest:
+
+def parse_chat_completion_request(body: fields.Body, *, stream_default: bool = True) -> ChatCompletionRequest:
     """Validate a request body; raise ApiError (400/413) naming the offending field.
 
     `stream_default` is what a body without `stream` means: the page's API streams, while OpenAI's
@@ -267,7 +273,7 @@ def _tool_calls(value: object, path: str) -> list[dict[str, Any]]:
     return value
 
 
-def _message_texts(message: dict[str, Any]) -> Iterator[str]:
+def message_texts(message: dict[str, Any]) -> Iterator[str]:
     """Every piece of text a validated message carries."""
     content = message.get("content")
     if isinstance(content, str):

@@ -46,7 +46,13 @@ RELAY_FIELDS = ("stream",)
 # --- The body ----------------------------------------------------------------------------------
 
 
-def load_body(body: bytes) -> dict[str, Any]:
+# A request body as it arrived, or already loaded (a saved conversation's history put in).
+Body = bytes | dict[str, Any]
+
+
+def load_body(body: Body) -> dict[str, Any]:
+    if isinstance(body, dict):
+        return body
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -182,8 +182,12 @@ class ResponsesRequest:
             images=self.image_count,
         )
 
+    def output_token_limit(self) -> int:
+        """The most tokens the response may take (its clamped `max_output_tokens`)."""
+        return self.max_output_tokens or app_settings.CHAT_MAX_TOKENS
 
-def parse_responses_request(body: bytes, *, stream_default: bool = True) -> ResponsesRequest:
+
+def parse_responses_request(body: fields.Body, *, stream_default: bool = True) -> ResponsesRequest:
     """Validate a request body; raise ApiError (400/413) naming the offending field.
 
     `stream_default` is what a body without `stream` means: the page's API streams, while OpenAI's
