@@ -74,6 +74,7 @@
     controller: null,
     attachments: [],
     conversations: readJson("conversations-data") || [],
+    renaming: false,
   };
 
   class ChatError extends Error {}
@@ -621,10 +622,18 @@
     } catch (_) { /* the list stays as it was */ }
   }
 
+  // Re-rendered when the list is fetched again (after an answer): the focus stays on the same
+  // control of the same conversation, and a rename being typed is not thrown away.
   function renderConversationList() {
-    if (!listEl) return;
+    if (!listEl || state.renaming) return;
+    const focused = listEl.contains(document.activeElement) ? document.activeElement : null;
+    const focusedItem = focused && focused.closest("li");
     const items = state.conversations.map((conversation) => conversationItem(conversation));
     listEl.replaceChildren(...items);
+    if (focusedItem && focused.classList.length) {
+      const again = listEl.querySelector(`li[data-id="${focusedItem.dataset.id}"] .${focused.classList[0]}`);
+      if (again) again.focus();
+    }
     noConversations.hidden = state.conversations.length > 0;
     const current = state.conversations.find((conversation) => conversation.id === state.conversationId);
     showTitle(current ? current.title : state.conversationId ? chatTitle.textContent : null);
@@ -671,6 +680,7 @@
     input.maxLength = 200;
     input.setAttribute("aria-label", `New title for “${conversation.title}”`);
     let settled = false;
+    state.renaming = true;
     const finish = async (save) => {
       if (settled) return;
       settled = true;
@@ -690,6 +700,7 @@
           listStatus.textContent = `Could not rename it: ${error.message}`;
         }
       }
+      state.renaming = false;
       renderConversationList();
       const again = listEl.querySelector(`li[data-id="${conversation.id}"] .rename`);
       if (again) again.focus();
