@@ -120,7 +120,8 @@ async def open_relay(
         api_key=caller.api_key,
         endpoint=api.endpoint,
         model=request.model,
-        estimated_input_tokens=request.estimated_input_tokens(),
+        # Estimated once, at admission, when the request has its row.
+        estimated_input_tokens=request.estimated_input_tokens() if row is None else row.prompt_tokens,
         reserved=admission.reserved,
         transcript=transcript,
     )

@@ -295,18 +295,26 @@ def _settle(row: UsageLog, reserved: Reservation) -> bool:
     A row a sweep settled as interrupted while its stream still ran (its process stalled) gets the
     real figures after all; the budget counters then take the difference from the sweep's estimate.
     """
-    values = {name: getattr(row, name) for name in SETTLED_FIELDS}
-    if UsageLog.objects.filter(pk=row.pk, status=UsageLog.Status.IN_PROGRESS).update(**values):
+    if _write_settled(row, was=UsageLog.Status.IN_PROGRESS):
         held = reserved
     else:
-        interrupted = UsageLog.objects.filter(pk=row.pk, status=UsageLog.Status.INTERRUPTED)
-        swept = interrupted.values("total_tokens", "cost").first()
-        if not (swept and interrupted.update(**values)):
+        swept = (
+            UsageLog.objects.filter(pk=row.pk, status=UsageLog.Status.INTERRUPTED)
+            .values("total_tokens", "cost")
+            .first()
+        )
+        if not (swept and _write_settled(row, was=UsageLog.Status.INTERRUPTED)):
             logger.warning("Usage row %s was settled already; this end of its request changes nothing", row.pk)
             return False
         held = Reservation(tokens=swept["total_tokens"], cost=swept["cost"])
     settle_reservation(row.user_id, held, tokens=row.total_tokens, cost=row.cost, at=row.created_at)
     return True
+
+
+def _write_settled(row: UsageLog, *, was: str) -> bool:
+    """Write the row's end into the database if it still has status `was`: whether it did."""
+    values = {name: getattr(row, name) for name in SETTLED_FIELDS}
+    return bool(UsageLog.objects.filter(pk=row.pk, status=was).update(**values))
 
 
 async def record_usage(account: StreamAccount, admission: Admission) -> UsageLog:
@@ -336,8 +344,7 @@ def sweep_interrupted(*, user_id: int | None = None, stale_seconds: float = STAL
         row.duration_ms = _ms(((row.last_seen_at or row.created_at) - row.created_at).total_seconds())
         row.error_message = INTERRUPTED_MESSAGE
         apply_cost(row, cost_of(row))
-        values = {name: getattr(row, name) for name in SETTLED_FIELDS}
-        if not UsageLog.objects.filter(pk=row.pk, status=UsageLog.Status.IN_PROGRESS).update(**values):
+        if not _write_settled(row, was=UsageLog.Status.IN_PROGRESS):
             continue  # it ended meanwhile
         reserved = Reservation(tokens=row.reserved_tokens, cost=row.reserved_cost)
         settle_reservation(row.user_id, reserved, tokens=row.total_tokens, cost=row.cost, at=row.created_at)

@@ -197,11 +197,12 @@ def accept_request(
             if conversation is not None:
                 body, turn = conversation(user=caller.user, data=load_body(body))
             parsed = parse(body)
+            input_tokens = parsed.estimated_input_tokens()
             sweep_once_at_start()
             admission = admit(
                 caller.user,
                 model=parsed.model,
-                input_tokens=parsed.estimated_input_tokens(),
+                input_tokens=input_tokens,
                 output_tokens=parsed.output_token_limit(),
                 sweep_stale=sweep_user_interrupted,
             )
@@ -215,7 +216,7 @@ def accept_request(
                 api_key=caller.api_key,
                 endpoint=endpoint,
                 model=parsed.model,
-                input_tokens=parsed.estimated_input_tokens(),
+                input_tokens=input_tokens,
                 admission=admission,
             )
             if turn is not None:
