@@ -172,6 +172,22 @@ class StreamOutcome:
     def duration(self) -> float | None:
         return _since(self.exchange.ended_at, self.exchange.sent_at)
 
+    @property
+    def server_timing(self) -> dict[str, float]:
+        return server_timing(self.exchange.header("server-timing"))
+
+
+def server_timing(header: str | None) -> dict[str, float]:
+    """A Server-Timing header's durations by metric name, in seconds (`auth;dur=0.41;desc="…", …`)."""
+    durations = {}
+    for metric in (header or "").split(","):
+        name, *parameters = (part.strip() for part in metric.split(";"))
+        for parameter in parameters:
+            key, _, value = parameter.partition("=")
+            if key == "dur" and name:
+                durations[name] = float(value) / 1000
+    return durations
+
 
 def _since(moment: float | None, start: float) -> float | None:
     return None if moment is None else moment - start
@@ -218,6 +234,9 @@ class RunMetrics:
     other_load_server_cpu: float | None = None
     other_load_harness_cpu: float | None = None
     paced_seconds: float | None = None
+    # The proxy's own account of each request's time before its stream began (its Server-Timing
+    # header): each phase's median over the run's streams, in seconds.
+    server_timing_p50: dict[str, float] = field(default_factory=dict)
 
     @property
     def keeps_pace(self) -> bool:
@@ -283,6 +302,10 @@ def summarize(
         paced_limit = outcomes[0].spec.paced_seconds
         late = sum(1 for d in durations if d > paced_limit * PACE_TOLERANCE)
     problems = [f"{o.spec.tag}: {p}" for o in outcomes for p in o.problems]
+    phases: dict[str, list[float]] = {}
+    for outcome in completed:
+        for name, seconds in outcome.server_timing.items():
+            phases.setdefault(name, []).append(seconds)
     return RunMetrics(
         target=target.name,
         streams=len(outcomes),
@@ -309,6 +332,7 @@ def summarize(
         other_load_server_cpu=other_server,
         other_load_harness_cpu=other_harness,
         paced_seconds=paced_limit,
+        server_timing_p50={name: statistics.median(values) for name, values in phases.items()},
     )
 
 
@@ -325,6 +349,12 @@ def median_metrics(runs: list[RunMetrics]) -> RunMetrics:
             merged.problems = [p for run in runs for p in run.problems][:5]
         elif spec.name == "failed_streams":
             merged.failed_streams = sum(values)
+        elif spec.name == "server_timing_p50":
+            names = {name for run in runs for name in run.server_timing_p50}
+            merged.server_timing_p50 = {
+                name: statistics.median(run.server_timing_p50[name] for run in runs if name in run.server_timing_p50)
+                for name in names
+            }
         elif all(isinstance(v, (int, float)) for v in values):
             middle = statistics.median(values)
             setattr(

@@ -94,6 +94,10 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         transaction_mode="IMMEDIATE",
         timeout=20,
     )
+    # Connections stay open: the relay's database threads (streaming.database) outlive requests,
+    # and closing the last connection to a WAL database checkpoints it, several times the cost of
+    # the request's own queries.
+    DATABASES["default"].setdefault("CONN_MAX_AGE", None)
 elif DATABASES["default"]["ENGINE"].endswith("postgresql") and env.bool("DATABASE_POOL", default=True):
     # Requests hand their connection back before streaming (see streaming.views); with a pool,
     # taking one again for the usage row costs microseconds instead of a new connection.
@@ -226,6 +230,8 @@ CHAT_RESPONSES_TOOL_TYPES = env.list("CHAT_RESPONSES_TOOL_TYPES", default=[])
 # While the upstream is silent, a keepalive goes to the client this often (seconds; 0 = never), so
 # proxies with idle timeouts do not cut the stream: a blank line in NDJSON, ": ping" in SSE.
 CHAT_KEEPALIVE_SECONDS = env.float("CHAT_KEEPALIVE_SECONDS", default=15.0)
+# Threads per process for the relay's database work (admission, usage rows): at most this many connections.
+CHAT_DATABASE_THREADS = env.int("CHAT_DATABASE_THREADS", default=4)
 
 # Per-user limits (0 = no limit); staff override them per user or group in the admin.
 CHAT_REQUESTS_PER_MINUTE = env.int("CHAT_REQUESTS_PER_MINUTE", default=20)
@@ -266,4 +272,4 @@ CORS_ALLOW_HEADERS = (
     "x-stainless-runtime-version",
     "x-stainless-timeout",
 )
-CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after"]
+CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after", "server-timing"]

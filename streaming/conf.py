@@ -64,6 +64,9 @@ class AppSettings:
     CHAT_MAX_REQUEST_BYTES: int = 4 * 2 * 1024 * 1024 + 256 * 1024
     # While the upstream is silent a keepalive goes to the client this often (seconds; 0 = never).
     CHAT_KEEPALIVE_SECONDS: float = 15.0
+    # Threads of the relay's database work (admission, usage rows) per process: at most this many
+    # database connections, reused across requests (see `streaming.database`).
+    CHAT_DATABASE_THREADS: int = 4
 
     # Per-user limits (0 = no limit); staff override them per user or group in the admin.
     CHAT_REQUESTS_PER_MINUTE: int = 20

@@ -18,7 +18,6 @@ import glob
 import os
 import re
 import time
-from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -28,12 +27,15 @@ from .conf import app_settings
 if TYPE_CHECKING:
     from .errors import ApiError
     from .models import UsageLog
+    from .timings import RequestTimings
     from .usage import StreamAccount
 
 MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
 
 # Seconds; the relay's own overhead is milliseconds, an answer's first token up to minutes.
 OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# The upstream's phase (its time to its headers) may take seconds.
+PHASE_BUCKETS = (*OVERHEAD_BUCKETS, 5.0, 10.0, 30.0)
 FIRST_TOKEN_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 
 REQUESTS = Counter(
@@ -72,26 +74,27 @@ REQUEST_OVERHEAD = Histogram(
     "From the view's entry (authentication, validation, limits, an upstream connection) to the upstream call.",
     buckets=OVERHEAD_BUCKETS,
 )
+PHASES = Histogram(
+    "chatproxy_request_phase_seconds",
+    "Where a relayed request's time went before its stream began, by phase: auth, admission, upstream"
+    " (the upstream until its headers) and proxy (the proxy's own part: all but the upstream), as its"
+    " Server-Timing header says.",
+    ["phase"],
+    buckets=PHASE_BUCKETS,
+)
 FIRST_BYTE_OVERHEAD = Histogram(
     "chatproxy_relay_first_byte_overhead_seconds",
     "From the upstream's first bytes of the answer to the relay's first output of them to the client.",
     buckets=OVERHEAD_BUCKETS,
 )
 
-_view_entered: ContextVar[float | None] = ContextVar("chatproxy_view_entered", default=None)
 
-
-def request_entered() -> None:
-    """The view has the request (its start for `chatproxy_relay_request_overhead_seconds`)."""
-    _view_entered.set(time.monotonic())
-
-
-def upstream_call() -> None:
-    """The upstream call is about to be made."""
-    entered = _view_entered.get()
-    if entered is not None:
-        REQUEST_OVERHEAD.observe(time.monotonic() - entered)
-        _view_entered.set(None)
+def request_timed(timings: RequestTimings) -> None:
+    """A request reached for the upstream: where its time went before its stream began."""
+    if timings.upstream_called:
+        REQUEST_OVERHEAD.observe(timings.upstream_called - timings.entered)
+    for phase, seconds in timings.phases().items():
+        PHASES.labels(phase).observe(seconds)
 
 
 def first_byte_relayed(received_at: float) -> None:

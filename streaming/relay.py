@@ -15,21 +15,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from typing import Any, Protocol
 
+import aiohttp
 import anyio
 import httpx2
 import openai
 import orjson
-from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
-from openai import AsyncOpenAI
-from openai._response import AsyncAPIResponse, AsyncResponseContextManager
 
 from . import metrics
 from .conf import app_settings
+from .database import in_database_thread
 from .errors import (
     ApiError,
     first_token_timeout,
@@ -42,7 +41,8 @@ from .errors import (
 from .fronts import Caller
 from .limits import SLOT_REFRESH_SECONDS, Admission
 from .models import UsageLog
-from .upstream import get_upstream, upstream_user_id
+from .timings import RequestTimings
+from .upstream import AiohttpBody, Upstream, UpstreamRequest, get_upstream, upstream_user_id
 from .usage import StreamAccount, Transcript, keep_alive, record_usage
 from .wire import DONE, Framing, NDJSONFraming, SSEDecoder, SSEEvent
 
@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 # After the end of the answer, how long to wait for the upstream to end its body so its connection can be reused.
 DRAIN_SECONDS = 0.1
-UPSTREAM_READ_ERRORS = (httpx2.TransportError, anyio.EndOfStream)
+UPSTREAM_READ_ERRORS = (aiohttp.ClientError, httpx2.TransportError, anyio.EndOfStream)
 
 
 class ApiRequest(Protocol):
@@ -68,8 +68,8 @@ class ApiRequest(Protocol):
         ...
 
 
-class UpstreamApi(Protocol):
-    """One upstream API's part in the relay: its call, and the meaning of its stream events."""
+class UpstreamApi(UpstreamRequest, Protocol):
+    """One upstream API's part in the relay: its request, and the meaning of its stream events."""
 
     @property
     def endpoint(self) -> str:
@@ -78,8 +78,6 @@ class UpstreamApi(Protocol):
 
     # What ends this API's stream in SSE framing (chat completions: `data: [DONE]`; Responses: nothing).
     sse_terminator: bytes
-
-    def open(self, client: AsyncOpenAI, params: dict[str, Any]) -> AsyncResponseContextManager[AsyncAPIResponse]: ...
 
     def observe(self, event: str | None, payload: dict[str, Any], account: StreamAccount) -> ApiError | None:
         """Account for one event (usage, output, the end of the answer); the error it reports, if any
@@ -104,6 +102,7 @@ async def open_relay(
     admission: Admission,
     row: UsageLog | None = None,
     transcript: Transcript | None = None,
+    timings: RequestTimings | None = None,
 ) -> RelayStream:
     """Start the upstream request and the stream that relays it.
 
@@ -113,6 +112,7 @@ async def open_relay(
 
     `row` is the request's usage row, written in progress at admission, which the end settles
     (without one, the end writes it); a `transcript` gets the answer's events once it is settled.
+    `timings` gets the marks of the upstream's call and answer.
     """
     user = caller.user
     account = StreamAccount(
@@ -124,6 +124,7 @@ async def open_relay(
         estimated_input_tokens=request.estimated_input_tokens() if row is None else row.prompt_tokens,
         reserved=admission.reserved,
         transcript=transcript,
+        timings=timings or RequestTimings(),
     )
     if row is not None:
         account.row_id, account.created_at = row.pk, row.created_at
@@ -132,19 +133,17 @@ async def open_relay(
     cleanup = AsyncExitStack()
     cleanup.push_async_callback(record_usage, account, admission)
     first_token_deadline = account.started + app_settings.OPENAI_FIRST_TOKEN_TIMEOUT
-    opening: asyncio.Task[AsyncAPIResponse] | None = None
+    opening: asyncio.Task[AiohttpBody] | None = None
     try:
         await cleanup.enter_async_context(upstream.connection())
-        metrics.upstream_call()
+        account.timings.upstream_called = time.monotonic()
         opening = asyncio.create_task(
-            _open_upstream(
-                api, upstream.client, _upstream_params(request, user), account, cleanup, first_token_deadline
-            )
+            _open_upstream(api, upstream, _upstream_params(request, user), account, cleanup, first_token_deadline)
         )
         await asyncio.wait({opening}, timeout=app_settings.CHAT_KEEPALIVE_SECONDS or None)
         if opening.done():
             opening.result()  # a failure to answer raises here, before the stream commits
-        else:  # not answered yet: commit to the stream, whose pump takes over the opening
+        else:  # not answered yet: commit to the stream, which waits for the opening behind keepalives
             cleanup.push_async_callback(_stop, opening)
     except BaseException as exc:
         if opening is not None:
@@ -171,17 +170,19 @@ async def open_relay(
 
 async def _open_upstream(
     api: UpstreamApi,
-    client: AsyncOpenAI,
+    upstream: Upstream,
     params: dict[str, Any],
     account: StreamAccount,
     cleanup: AsyncExitStack,
     deadline: float,
-) -> AsyncAPIResponse:
+) -> AiohttpBody:
     """The upstream's answer (its status and headers), noted on the account, its closing owned by `cleanup`."""
-    async with asyncio.timeout(deadline - time.monotonic()):
-        response = await cleanup.enter_async_context(api.open(client, params))
-    account.request_id = response.request_id or ""
-    return response
+    try:
+        async with asyncio.timeout(deadline - time.monotonic()):
+            body, account.request_id = await upstream.open_stream(api, params, cleanup)
+    finally:
+        account.timings.upstream_answered = time.monotonic()
+    return body
 
 
 def _upstream_params(request: ApiRequest, user: AbstractBaseUser) -> dict[str, Any]:
@@ -209,18 +210,21 @@ def _opening_failure(exc: Exception, account: StreamAccount) -> ApiError:
 class RelayStream:
     """An open upstream stream, relayed by iterating over it (once).
 
-    A pump task reads the upstream while the relay loop writes to the client, so the relay can
-    wake up while the upstream is silent: to send a keepalive, or to give up after a timeout.
+    The relay reads the upstream's body itself, in the response's own task: one task wake-up per
+    upstream read, and no timer per chunk. While it waits, one timer per stream, re-armed only when
+    it fires (at most once a keepalive interval while chunks flow), wakes it for what falls due: a
+    keepalive to the client, the usage row's refresh, the first-token or idle timeout. Waking means
+    cancelling the read, which loses nothing (see `AiohttpBody.read`), as `asyncio.timeout` does.
     Everything that arrived while the client was being written to goes out as one write.
 
     `opening` is the upstream's answer; when the stream was committed before the upstream
-    answered, it is still pending, and the pump awaits it while the relay sends keepalives.
+    answered, it is still pending, and the relay sends keepalives while it waits for it.
     """
 
     def __init__(
         self,
         *,
-        opening: asyncio.Task[AsyncAPIResponse],
+        opening: asyncio.Task[AiohttpBody],
         api: UpstreamApi,
         request: ApiRequest,
         framing: Framing,
@@ -230,7 +234,6 @@ class RelayStream:
         cleanup: AsyncExitStack,
     ) -> None:
         self._opening = opening
-        self._answered = opening.done()
         self._api = api
         self._request = request
         self._framing = framing
@@ -240,33 +243,69 @@ class RelayStream:
         self._cleanup = cleanup
         self._decoder = SSEDecoder()
         self._kept = account.transcript.events if account.transcript is not None else None
-        self._inbox: list[bytes] = []
-        self._upstream_ended = False
-        self._upstream_error: Exception | None = None
-        self._wakeup: asyncio.Future[None] | None = None
         self._done = False
         self._failure: ApiError | None = None
-        # The first data from the upstream and the first framed output of it are timed by a
-        # wrapper that then steps aside, so the chunk and relay loops pay nothing for it.
-        self._first_data_at = 0.0
-        self._wake: Callable[[], None] = self._wake_on_first_data
-        self._relay_events: Callable[[list[SSEEvent]], bytes] = self._relay_first_events
+        self._keepalive = app_settings.CHAT_KEEPALIVE_SECONDS
+        self._idle_limit = app_settings.OPENAI_IDLE_TIMEOUT
+        self._last_write = self._last_data = self._last_refresh = time.monotonic()
+        # The wake-up timer and what it knows of the relay's task.
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._reading = False
+        self._due = False
+        self._interrupted = False
 
     @property
     def content_type(self) -> str:
         return self._framing.content_type
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        """The stream's output: the relay loop itself, one generator between the upstream and the
+        server (it is what Django's handler iterates, see `streaming.views.RelayResponse`)."""
         account = self._account
-        pump = asyncio.create_task(self._pump())
-        self._cleanup.push_async_callback(_stop, pump)
         metrics.OPEN_STREAMS.inc()
+        body: AiohttpBody | None = None
         try:
             # daphne sends the response headers with the first body message; send them now (with
             # a keepalive if the upstream has kept the client waiting a keepalive interval already).
-            yield b"" if self._answered else self._framing.keepalive
-            async for out in self._relay():
-                yield out
+            yield b"" if self._opening.done() else self._framing.keepalive
+            while not self._opening.done():
+                if await self._wait_for_answer():
+                    yield self._framing.keepalive
+            body = self._answer()
+            if body is not None:
+                self._task = asyncio.current_task()
+                first_data_at = 0.0
+                self._arm()
+            while body is not None:
+                try:
+                    data = await self._read(body)
+                    if data is None:  # woken: something fell due
+                        data = await self._on_due(body)
+                except Exception as exc:
+                    self._failure = self._read_failure(exc)
+                    break
+                if data is None:
+                    if self._failure is not None:
+                        break
+                    if self._keepalive and time.monotonic() - self._last_write >= self._keepalive:
+                        self._last_write = time.monotonic()
+                        yield self._framing.keepalive
+                    self._arm()
+                    continue
+                if not data:
+                    break  # the upstream ended its body
+                self._last_data = time.monotonic()
+                out = self._frame_events(self._decoder.feed(data))
+                if out:
+                    if not first_data_at:
+                        first_data_at = self._last_data
+                        metrics.first_byte_relayed(first_data_at)
+                    yield out
+                    self._last_write = time.monotonic()
+                if self._failure is not None or self._done:
+                    break
+                self._arm()
             if self._failure is None and not (self._done or account.finished):
                 self._failure = upstream_incomplete()
             if self._failure is not None:
@@ -279,12 +318,15 @@ class RelayStream:
                 end = self._framing.end(self._api.sse_terminator)
                 if end:
                     yield end
-                await asyncio.wait({pump}, timeout=DRAIN_SECONDS)
+                if body is not None:
+                    await _drain(body)
         except (asyncio.CancelledError, GeneratorExit):
             if account.status != UsageLog.Status.COMPLETED:  # not a client leaving once the answer was whole
                 account.status = UsageLog.Status.CANCELLED
             raise
         finally:
+            if self._timer is not None:
+                self._timer.cancel()
             metrics.OPEN_STREAMS.dec()
             await close_despite_cancellation(self._cleanup)
 
@@ -297,87 +339,100 @@ class RelayStream:
             raise self._failure
         return [orjson.loads(line) for line in b"".join(lines).split(b"\n") if line]
 
-    async def _pump(self) -> None:
+    async def _wait_for_answer(self) -> bool:
+        """Wait for the upstream's answer until a keepalive or the row's refresh falls due: whether a
+        keepalive is due. (The first-token timeout ends the opening itself.)"""
+        now = time.monotonic()
+        wake_at = self._last_refresh + SLOT_REFRESH_SECONDS
+        if self._keepalive:
+            wake_at = min(wake_at, self._last_write + self._keepalive)
+        await asyncio.wait({self._opening}, timeout=max(0.0, wake_at - now))
+        now = time.monotonic()
+        if now - self._last_refresh >= SLOT_REFRESH_SECONDS:
+            await in_database_thread(keep_alive, self._account, self._admission)
+            self._last_refresh = now
+        if self._opening.done() or not self._keepalive or now - self._last_write < self._keepalive:
+            return False
+        self._last_write = now
+        return True
+
+    def _answer(self) -> AiohttpBody | None:
+        """The upstream's answer; None, with the failure noted, if the opening failed after the stream began."""
         try:
-            response = await self._opening
-            self._answered = True
-            async for data in response.http_response.aiter_bytes():
-                self._inbox.append(data)
-                self._wake()
+            return self._opening.result()
         except Exception as exc:
-            self._upstream_error = exc
+            self._failure = _opening_failure(exc, self._account)
+            return None
+
+    async def _read(self, body: AiohttpBody) -> bytes | None:
+        """The next data (b"" at the end); None when the timer woke the relay, or had while it was away."""
+        if self._due:
+            self._due = False
+            return None
+        self._reading = True
+        try:
+            return await body.read()
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise
+            self._interrupted = False
+            assert self._task is not None
+            if self._task.uncancel() > 0:  # cancelled from outside too: the client left
+                raise
+            return None
         finally:
-            self._upstream_ended = True
-            self._wake()
+            self._reading = False
 
-    def _wake_on_first_data(self) -> None:
-        self._first_data_at = time.monotonic()
-        self._wake = self._wake_relay
-        self._wake_relay()
+    async def _on_due(self, body: AiohttpBody) -> bytes | None:
+        """Do what fell due: the row's refresh; then, unless data is waiting (returned), note a timeout."""
+        now = time.monotonic()
+        if now - self._last_refresh >= SLOT_REFRESH_SECONDS:
+            await in_database_thread(keep_alive, self._account, self._admission)
+            self._last_refresh = now
+        data = body.read_nowait()
+        if data or body.at_eof():
+            return data
+        if self._account.first_output_at is None:
+            deadline, timeout_error = self._first_token_deadline, first_token_timeout
+        else:
+            deadline, timeout_error = self._last_data + self._idle_limit, idle_timeout
+        if now >= deadline:
+            self._failure = timeout_error()
+        return None
 
-    def _wake_relay(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+    def _wake_at(self) -> float:
+        if self._account.first_output_at is None:
+            wake_at = self._first_token_deadline
+        else:
+            wake_at = self._last_data + self._idle_limit
+        wake_at = min(wake_at, self._last_refresh + SLOT_REFRESH_SECONDS)
+        if self._keepalive:
+            wake_at = min(wake_at, self._last_write + self._keepalive)
+        return wake_at
 
-    async def _relay(self) -> AsyncIterator[bytes]:
-        """Framed output as the upstream delivers it; keepalives while it is silent."""
-        keepalive = app_settings.CHAT_KEEPALIVE_SECONDS
-        idle_limit = app_settings.OPENAI_IDLE_TIMEOUT
-        loop = asyncio.get_running_loop()
-        last_write = last_data = last_refresh = time.monotonic()
-        while True:
-            if self._inbox:
-                data = b"".join(self._inbox)
-                self._inbox.clear()
-                last_data = time.monotonic()
-                out = self._relay_events(self._decoder.feed(data))
-                if out:
-                    yield out
-                    last_write = time.monotonic()
-                if self._failure is not None or self._done:
-                    return
-                continue
-            if self._upstream_ended:
-                if self._upstream_error is not None:
-                    self._failure = self._read_failure(self._upstream_error)
-                return
-            now = time.monotonic()
-            if now - last_refresh > SLOT_REFRESH_SECONDS:
-                await sync_to_async(keep_alive)(self._account, self._admission)
-                last_refresh = now
-            if self._account.first_output_at is None:
-                deadline, timeout_error = self._first_token_deadline, first_token_timeout
-            else:
-                deadline, timeout_error = last_data + idle_limit, idle_timeout
-            if now >= deadline:
-                self._failure = timeout_error()
-                return
-            if keepalive and now - last_write >= keepalive:
-                yield self._framing.keepalive
-                last_write = now
-            wake_at = min(deadline, last_write + keepalive) if keepalive else deadline
-            self._wakeup = loop.create_future()
-            if self._inbox or self._upstream_ended:  # the pump ran while this loop was away
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, wake_at - time.monotonic())):
-                    await self._wakeup
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(self._wake_at(), self._on_timer)
+
+    def _on_timer(self) -> None:
+        """The timer fired: re-armed if what it was set for moved on (chunks arrived meanwhile), else
+        the relay is woken, now if it waits for the upstream, or at its next read."""
+        self._timer = None
+        wake_at = self._wake_at()
+        if time.monotonic() < wake_at:
+            self._timer = asyncio.get_running_loop().call_at(wake_at, self._on_timer)
+            return
+        self._due = True
+        if self._reading and self._task is not None:
+            self._interrupted = True
+            self._task.cancel()
 
     def _read_failure(self, exc: Exception) -> ApiError:
-        if not self._answered:  # the stream began before the upstream answered, with this failure
-            return _opening_failure(exc, self._account)
         if not isinstance(exc, UPSTREAM_READ_ERRORS):
             logger.error("Unexpected failure reading the upstream stream", exc_info=exc)
-        elif not isinstance(exc, httpx2.TimeoutException):
+        elif not isinstance(exc, (httpx2.TimeoutException, TimeoutError)):
             return upstream_connection_lost()
         return upstream_error(exc)
-
-    def _relay_first_events(self, events: list[SSEEvent]) -> bytes:
-        out = self._frame_events(events)
-        if out:
-            metrics.first_byte_relayed(self._first_data_at)
-            self._relay_events = self._frame_events
-        return out
 
     def _frame_events(self, events: list[SSEEvent]) -> bytes:
         framed = []
@@ -403,6 +458,14 @@ class RelayStream:
             data = event.data if b"\n" not in event.data else orjson.dumps(payload)
             framed.append(self._framing.chunk(data, event.event))
         return b"".join(framed)
+
+
+async def _drain(body: AiohttpBody) -> None:
+    """After the end of the answer, wait briefly for the end of the body, so its connection can be reused."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while await body.read():
+                pass
 
 
 _closing: set[asyncio.Future[None]] = set()

@@ -8,12 +8,16 @@ import orjson
 
 from .errors import ApiError
 from .models import UsageLog
+from .timings import RequestTimings
+
+NO_TIMINGS = RequestTimings(entered=0.0)
 
 logger = logging.getLogger("streaming.requests")
 
 
-def log_usage(row: UsageLog) -> None:
-    """The line of a request that reached the upstream, from its usage row."""
+def log_usage(row: UsageLog, timings: RequestTimings | None = None) -> None:
+    """The line of a request that reached the upstream, from its usage row, with where its time went
+    before its stream began (none for a row a sweep settled)."""
     _log(
         user_id=row.user_id,
         api_key_id=row.api_key_id,
@@ -34,12 +38,22 @@ def log_usage(row: UsageLog) -> None:
         duration_ms=row.duration_ms,
         upstream_request_id=row.upstream_request_id,
         upstream_response_id=row.upstream_response_id,
+        **(timings or NO_TIMINGS).milliseconds(),
     )
 
 
-def log_refusal(*, user_id: int, error: ApiError, api_key_id: int | None = None) -> None:
+def log_refusal(
+    *, user_id: int, error: ApiError, api_key_id: int | None = None, timings: RequestTimings | None = None
+) -> None:
     """The line of a request refused before it reached the upstream."""
-    _log(user_id=user_id, api_key_id=api_key_id, status="refused", http_status=error.status, code=error.code)
+    _log(
+        user_id=user_id,
+        api_key_id=api_key_id,
+        status="refused",
+        http_status=error.status,
+        code=error.code,
+        **(timings or NO_TIMINGS).milliseconds(),
+    )
 
 
 def _log(**fields: object) -> None:

@@ -11,9 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from openai import AsyncOpenAI
-from openai._response import AsyncAPIResponse, AsyncResponseContextManager
-
 from .errors import ApiError, redact_secrets, upstream_event_error, upstream_incomplete
 from .models import UsageLog
 from .usage import StreamAccount, reported_usage
@@ -39,17 +36,10 @@ class ResponsesApi:
 
     endpoint = UsageLog.Endpoint.RESPONSES
     sse_terminator = b""
+    path = "/responses"
 
-    def open(self, client: AsyncOpenAI, params: dict[str, Any]) -> AsyncResponseContextManager[AsyncAPIResponse]:
-        """The SDK's raw streaming request; the validated parameters travel untouched in the body."""
-        body = dict(params)
-        model = body.pop("model")
-        return client.responses.with_streaming_response.create(
-            model=model,
-            stream=True,
-            extra_body=body,
-            extra_headers={"Accept-Encoding": "identity"},
-        )
+    def request_body(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {**params, "stream": True}
 
     def observe(self, event: str | None, payload: dict[str, Any], account: StreamAccount) -> ApiError | None:
         """Account for one event; an `error` event ends the stream with the relay's own error event.

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from asgiref.sync import sync_to_async
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import close_old_connections
 from django.utils import timezone
 
 from . import metrics
 from .api_keys import note_key_used
+from .database import in_database_thread
 from .limits import (
     SLOT_REFRESH_SECONDS,
     Admission,
@@ -36,6 +35,7 @@ from .limits import (
 from .models import ApiKey, UsageLog
 from .pricing import apply_cost, cost_of
 from .request_log import log_usage
+from .timings import RequestTimings
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,8 @@ class StreamAccount:
     row_id: int | None = None
     reserved: Reservation = field(default_factory=Reservation)
     transcript: Transcript | None = None
+    # Where the request's time went before its stream began.
+    timings: RequestTimings = field(default_factory=RequestTimings)
     status: str = UsageLog.Status.ERROR
     usage: ReportedUsage | None = None
     output_chars: int = 0
@@ -255,17 +257,12 @@ def withdraw_usage_row(*, user_id: int, row: UsageLog | None, admission: Admissi
 
 
 def keep_alive(account: StreamAccount, admission: Admission) -> None:
-    """A stream's sign of life (its slot, its row's time and output so far, for a sweep's estimate);
-    its database connection goes back at once."""
+    """A stream's sign of life (its slot, its row's time and output so far, for a sweep's estimate)."""
     admission.refresh()
-    if account.row_id is None:
-        return
-    try:
+    if account.row_id is not None:
         UsageLog.objects.filter(pk=account.row_id, status=UsageLog.Status.IN_PROGRESS).update(
             last_seen_at=timezone.now(), completion_tokens=estimate_tokens(account.output_chars)
         )
-    finally:
-        close_old_connections()
 
 
 def save_usage(account: StreamAccount, admission: Admission) -> UsageLog:
@@ -320,10 +317,10 @@ def _write_settled(row: UsageLog, *, was: str) -> bool:
 async def record_usage(account: StreamAccount, admission: Admission) -> UsageLog:
     """The end of every request that reached for the upstream: its row, counters, slot and log line.
 
-    The database and cache work is one thread hop.
+    The database and cache work is one hop to a database thread.
     """
-    row = await sync_to_async(save_usage)(account, admission)
-    log_usage(row)
+    row = await in_database_thread(save_usage, account, admission)
+    log_usage(row, account.timings)
     metrics.count_usage(row, account)
     return row
 

@@ -11,14 +11,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from asgiref.sync import sync_to_async
-from django.db import close_old_connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from .api_keys import note_key_used
 from .chat_completions import OPENAI_CHAT_COMPLETIONS, assemble_chat_completion
 from .conf import app_settings
+from .database import in_database_thread
 from .errors import ApiError, error_response, model_not_found, not_found
 from .fronts import bearer_key_front
 from .relay import UpstreamApi
@@ -76,11 +75,13 @@ async def _relay(
         return error_response(opened)
     accepted, stream = opened.request, opened.stream
     if accepted.stream:
-        return streaming_response(stream)
+        return streaming_response(stream, opened.timings)
     try:
-        return JsonResponse(assemble(await stream.collect()))
+        response: HttpResponse = JsonResponse(assemble(await stream.collect()))
     except ApiError as error:  # recorded with its usage row
-        return error_response(error)
+        response = error_response(error)
+    response["Server-Timing"] = opened.timings.server_timing()
+    return response
 
 
 def _model(model_id: str) -> dict[str, object]:
@@ -118,16 +119,13 @@ async def _key_refusal(request: HttpRequest) -> HttpResponse | None:
     if request.method != "GET":
         return method_not_allowed_response("GET")
     try:
-        await sync_to_async(_note_key_use)(request)
+        await in_database_thread(_note_key_use, request)
     except ApiError as error:
         return error_response(error)
     return None
 
 
 def _note_key_use(request: HttpRequest) -> None:
-    try:
-        caller = bearer_key_front(request)
-        assert caller.api_key is not None
-        note_key_used(caller.api_key)
-    finally:
-        close_old_connections()
+    caller = bearer_key_front(request)
+    assert caller.api_key is not None
+    note_key_used(caller.api_key)

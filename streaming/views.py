@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from asgiref.sync import sync_to_async
 from django.contrib.auth import views as auth_views
 from django.core.cache import cache
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views import defaults
@@ -18,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from . import metrics
 from .chat_completions import CHAT_COMPLETIONS, AnswerTranscript
 from .conversations import ConversationTurn, open_turn
+from .database import in_database_thread
 from .errors import ApiError, error_response, internal_error, method_not_allowed, not_found, stream_required
 from .fronts import Caller, request_body, session_front
 from .limits import Admission, admit
@@ -28,6 +29,7 @@ from .responses import RESPONSES
 from .schemas.chat_completions import parse_chat_completion_request
 from .schemas.fields import Body, load_body
 from .schemas.responses import parse_responses_request
+from .timings import RequestTimings
 from .usage import open_usage_row, sweep_interrupted, sweep_once_at_start, withdraw_usage_row
 from .wire import Framing, framing_for
 
@@ -91,7 +93,7 @@ async def page_stream(
     )
     if isinstance(opened, ApiError):
         return error_response(opened)
-    response = streaming_response(opened.stream)
+    response = streaming_response(opened.stream, opened.timings)
     if opened.turn is not None:
         response["Chatproxy-Conversation"] = str(opened.turn.conversation.pk)
         response["Chatproxy-History-Omitted"] = str(opened.turn.omitted)
@@ -139,6 +141,7 @@ class Opened(Generic[ApiRequestT]):
     request: ApiRequestT
     stream: RelayStream
     turn: ConversationTurn | None
+    timings: RequestTimings
 
 
 async def accept_and_open(
@@ -152,9 +155,15 @@ async def accept_and_open(
 ) -> Opened[ApiRequestT] | ApiError:
     """Who asks and what (the front, validation and admission), then the upstream's stream opened
     for it; or the error refusing the request (logged, with its usage row if it reached the upstream)."""
-    metrics.request_entered()
-    accepted = await sync_to_async(accept_request)(
-        request, front=front, parse=parse, endpoint=api.endpoint, conversation=conversation
+    timings = RequestTimings()
+    accepted = await in_database_thread(
+        accept_request,
+        request,
+        front=front,
+        parse=parse,
+        endpoint=api.endpoint,
+        conversation=conversation,
+        timings=timings,
     )
     if isinstance(accepted, ApiError):
         metrics.request_refused(api.endpoint, accepted)
@@ -168,10 +177,14 @@ async def accept_and_open(
             admission=accepted.admission,
             row=accepted.row,
             transcript=AnswerTranscript(accepted.turn.save_answer) if accepted.turn is not None else None,
+            timings=timings,
         )
     except ApiError as error:
         return error
-    return Opened(request=accepted.request, stream=stream, turn=accepted.turn)
+    finally:
+        timings.opened = time.monotonic()
+        metrics.request_timed(timings)
+    return Opened(request=accepted.request, stream=stream, turn=accepted.turn, timings=timings)
 
 
 def accept_request(
@@ -181,16 +194,20 @@ def accept_request(
     parse: Callable[[Body], ApiRequestT],
     endpoint: str,
     conversation: OpenTurn | None = None,
+    timings: RequestTimings | None = None,
 ) -> Accepted[ApiRequestT] | ApiError:
     """The front, the body's validation, admission and the request's usage row (in progress), or
     the error refusing the request.
 
-    All of the request's database work before streaming, in one thread hop; then its database
-    connection goes back, since a stream may stay open for minutes and 500 open streams must not
-    hold 500 connections. The usage row's refreshes and its settling take one briefly.
+    All of the request's database work before streaming, in one hop to a database thread, whose
+    connection is not held while the request streams: a stream may stay open for minutes, and 500
+    open streams must not hold 500 connections. The usage row's refreshes and its settling take one
+    briefly.
     """
+    timings = timings or RequestTimings()
     try:
         caller = front(request)
+        timings.authenticated = time.monotonic()
         try:
             body: Body = request_body(request)
             turn = None
@@ -207,7 +224,12 @@ def accept_request(
                 sweep_stale=sweep_user_interrupted,
             )
         except ApiError as error:
-            log_refusal(user_id=caller.user.pk, api_key_id=caller.api_key.pk if caller.api_key else None, error=error)
+            log_refusal(
+                user_id=caller.user.pk,
+                api_key_id=caller.api_key.pk if caller.api_key else None,
+                error=error,
+                timings=timings,
+            )
             return error
         row = None
         try:
@@ -224,19 +246,32 @@ def accept_request(
         except BaseException:
             withdraw_usage_row(user_id=caller.user.pk, row=row, admission=admission)
             raise
+        timings.admitted = time.monotonic()
         return Accepted(caller=caller, request=parsed, admission=admission, row=row, turn=turn)
     except ApiError as error:
         return error
-    finally:
-        close_old_connections()
 
 
 def sweep_user_interrupted(user_id: int) -> int:
     return sweep_interrupted(user_id=user_id)
 
 
-def streaming_response(stream: RelayStream) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(stream, content_type=stream.content_type)
+class RelayResponse(StreamingHttpResponse):
+    """A relay stream as Django's streaming response, which the ASGI handler iterates directly: the
+    relay yields bytes already, so the two generators Django wraps around an async iterator (to turn
+    each part into bytes) are left out of every chunk's way."""
+
+    def __init__(self, stream: RelayStream) -> None:
+        self._chunks = aiter(stream)
+        super().__init__(self._chunks, content_type=stream.content_type)
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+
+def streaming_response(stream: RelayStream, timings: RequestTimings) -> StreamingHttpResponse:
+    response = RelayResponse(stream)
+    response["Server-Timing"] = timings.server_timing()
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
@@ -250,7 +285,7 @@ def method_not_allowed_response(allowed: str) -> JsonResponse:
 
 async def healthz(request: HttpRequest) -> JsonResponse:
     """Database and cache reachability, for load balancers: 200 when both answer, else 503."""
-    checks = await sync_to_async(_check_services)()
+    checks = await in_database_thread(_check_services)
     healthy = all(state == "ok" for state in checks.values())
     return JsonResponse({"status": "ok" if healthy else "unavailable", **checks}, status=200 if healthy else 503)
 
@@ -264,8 +299,6 @@ def _check_services() -> dict[str, str]:
     except DatabaseError:
         logger.exception("Health check: the database is unreachable")
         checks["database"] = "unreachable"
-    finally:
-        close_old_connections()
     try:
         token = secrets.token_hex(8)
         cache.set("chatproxy:healthz", token, timeout=10)

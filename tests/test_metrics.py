@@ -19,6 +19,7 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.workloads import server_timing
 from streaming.models import ModelPrice, UsageLimit, UsageLog
 from tests.fake_upstream import Reply
 from tests.live_site import (
@@ -115,6 +116,7 @@ def test_a_completed_stream_counts_its_request_tokens_cost_and_timings(metrics_s
     with client.stream("POST", STREAM_URL, json=BODY) as response:
         assert response.status_code == 200
         response.read()
+    phases = server_timing(response.headers["server-timing"])
     row = wait_for_rows(user)[-1]
     after = scrape_until(metrics_site, lambda s: requests(s, "completed") > requests(before, "completed"))
 
@@ -130,6 +132,13 @@ def test_a_completed_stream_counts_its_request_tokens_cost_and_timings(metrics_s
     assert moved(before, after, "chatproxy_relay_request_overhead_seconds_count") == 1
     assert moved(before, after, "chatproxy_relay_first_byte_overhead_seconds_count") == 1
     assert 0 < moved(before, after, "chatproxy_relay_first_byte_overhead_seconds_sum") < 0.5
+    # Where the request's time went, as its Server-Timing header said.
+    assert sorted(phases) == ["admission", "auth", "proxy", "upstream"]
+    for phase, seconds in phases.items():
+        assert moved(before, after, "chatproxy_request_phase_seconds_count", phase=phase) == 1
+        assert moved(before, after, "chatproxy_request_phase_seconds_sum", phase=phase) == pytest.approx(
+            seconds, abs=1e-5
+        )
     assert value(after, "chatproxy_open_streams") == 0
 
 

@@ -9,7 +9,9 @@ import time
 
 import orjson
 import pytest
+from asgiref.sync import sync_to_async
 
+from streaming import relay
 from streaming.chat_completions import CHAT_COMPLETIONS
 from streaming.errors import ApiError
 from streaming.fronts import Caller
@@ -18,7 +20,7 @@ from streaming.models import UsageLog
 from streaming.openai_shapes import ChunkFactory
 from streaming.relay import RelayStream, open_relay
 from streaming.schemas.chat_completions import ChatCompletionRequest
-from streaming.usage import StreamAccount, estimate_tokens
+from streaming.usage import StreamAccount, estimate_tokens, open_usage_row
 from streaming.wire import Framing, NDJSONFraming, SSEFraming
 from tests.fake_upstream import Reply, ScriptedToolCall
 from tests.live_site import MODEL
@@ -195,3 +197,27 @@ async def test_without_keepalives_a_slow_upstream_still_gets_its_http_error(alic
     assert (raised.value.status, raised.value.code) == (504, "upstream_timeout")
     row = await UsageLog.objects.aget(user=alice)
     assert row.status == "error"
+
+
+async def test_a_busy_stream_refreshes_its_row_as_it_streams(alice, fake_upstream, monkeypatch):
+    """The row's sign of life (for the sweep of dead processes) comes due while chunks keep arriving."""
+    monkeypatch.setattr(relay, "SLOT_REFRESH_SECONDS", 0.3)
+    admission = Admission()
+    row = await sync_to_async(open_usage_row)(
+        user=alice, api_key=None, endpoint=UsageLog.Endpoint.CHAT_COMPLETIONS, model=MODEL, input_tokens=5,
+        admission=admission,
+    )  # fmt: skip
+    fake_upstream.will_reply(Reply(pieces=["tick "] * 30, delay=0.05))
+    stream = await open_relay(
+        api=CHAT_COMPLETIONS, request=CHAT, caller=Caller(user=alice), framing=NDJSONFraming, admission=admission,
+        row=row,
+    )  # fmt: skip
+    ticks, midway = 0, None
+    async for part in stream:
+        ticks += part.count(b'"content":"tick')
+        if midway is None and ticks >= 20:  # about a second in, a chunk every 50 ms all along
+            midway = await UsageLog.objects.aget(pk=row.pk)
+    assert midway is not None and midway.status == "in_progress"
+    assert midway.last_seen_at > row.last_seen_at
+    assert midway.completion_tokens >= estimate_tokens(len("tick ") * 10)
+    assert (await UsageLog.objects.aget(pk=row.pk)).status == "completed"
