@@ -5,7 +5,7 @@ Chunks are relayed as the upstream's own bytes; only the framing around them cha
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -21,8 +21,9 @@ def sse_event(data: bytes, event: str | None = None) -> bytes:
 SSE_DONE = sse_event(DONE)
 
 
-@dataclass(frozen=True)
-class SSEEvent:
+class SSEEvent(NamedTuple):
+    """One server-sent event (a tuple: one is made for every relayed chunk)."""
+
     data: bytes
     event: str | None = None
 

@@ -86,8 +86,25 @@ def live_site_environment(application_name: str, **extra: str) -> dict[str, str]
     }
 
 
+# The ASGI server the live sites run under: daphne (what `manage.py runserver` runs), or uvicorn as
+# the README's production set-up runs it (uvloop, httptools). CI runs the suite under both.
+LIVE_SERVER = os.environ.get("CHATPROXY_TEST_SERVER", "daphne")
+
+
+def server_command(port: int) -> list[str]:
+    """The command that serves the site on 127.0.0.1:`port` under `LIVE_SERVER`."""
+    if LIVE_SERVER == "uvicorn":
+        return [
+            sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop",
+            "--http", "httptools", "--lifespan", "off", "chatproxy.asgi:application",
+        ]  # fmt: skip
+    if LIVE_SERVER != "daphne":
+        raise ValueError(f"CHATPROXY_TEST_SERVER must be daphne or uvicorn, not {LIVE_SERVER!r}")
+    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatproxy.asgi:application"]
+
+
 class LiveSite:
-    """The site under daphne in a child process, configured only through its environment."""
+    """The site under its ASGI server (`LIVE_SERVER`) in a child process, configured only through its environment."""
 
     def __init__(self, log_path: Path, environment: dict[str, str]) -> None:
         self.port = free_port()
@@ -95,31 +112,23 @@ class LiveSite:
         self.log_path = log_path
         # The same SECRET_KEY as this process, so sessions made here are valid there.
         env = {**os.environ, "DEBUG": "false", "SECRET_KEY": django_settings.SECRET_KEY, **environment}
-        command = [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(self.port),
-            "chatproxy.asgi:application",
-        ]
         self._log = log_path.open("w")
-        self.process = subprocess.Popen(command, cwd=BASE_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            server_command(self.port), cwd=BASE_DIR, env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
         self._wait_until_listening()
 
     def _wait_until_listening(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited early:\n{self.log_path.read_text()}")
+                raise RuntimeError(f"{LIVE_SERVER} exited early:\n{self.log_path.read_text()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
                 return
             except OSError:
                 time.sleep(0.05)
-        raise RuntimeError(f"daphne did not start listening:\n{self.log_path.read_text()}")
+        raise RuntimeError(f"{LIVE_SERVER} did not start listening:\n{self.log_path.read_text()}")
 
     def log(self) -> str:
         return self.log_path.read_text()
