@@ -69,6 +69,9 @@ class ModelPrice(models.Model):
     currency = models.CharField(max_length=3, default="USD", help_text="Must be the site's currency, CHAT_CURRENCY.")
     valid_from = models.DateTimeField(default=timezone.now)
     note = models.CharField(max_length=200, blank=True, help_text="Where the price comes from, or what to check.")
+    # When the row was last written: with the count of rows, it tells each process that its copy
+    # of the prices is out of date (see `streaming.pricing.current_prices`).
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["model", "-valid_from"]

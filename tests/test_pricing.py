@@ -83,6 +83,29 @@ def test_every_relayed_request_gets_its_cost_or_is_flagged_as_unpriced(site_clie
     assert unpriced.cost is None and unpriced.price_missing  # unknown, never a guessed zero
 
 
+def test_a_price_staff_add_edit_or_delete_applies_from_the_next_request_in_the_server(site_client, fake_upstream, user):
+    """The server process keeps a copy of the prices; each change made here reaches its next row."""
+
+    relayed = 0
+
+    def relayed_cost() -> Decimal | None:
+        nonlocal relayed
+        fake_upstream.will_reply(Reply(usage=(11, 7)))
+        with site_client.stream("POST", STREAM_URL, json=BODY) as response:
+            response.read()
+        relayed += 1
+        return wait_for_rows(user, count=relayed)[-1].cost
+
+    assert relayed_cost() is None
+    listed = price(MODEL, input_per_million="2", output_per_million="8")
+    assert relayed_cost() == Decimal("0.00007800")
+    listed.output_per_million = Decimal("10")  # an edit in place, as the admin's change form makes
+    listed.save()
+    assert relayed_cost() == Decimal("0.00009200")
+    listed.delete()
+    assert relayed_cost() is None
+
+
 def test_a_daily_money_budget_refuses_with_its_code_once_spent(site_client, fake_upstream, user):
     UsageLimit.objects.create(user=user, daily_cost_budget=Decimal("0.05"), daily_token_budget=0)
     row(user, prompt=10, cost=Decimal("0.06"))
