@@ -111,13 +111,16 @@ elif DATABASES["default"]["ENGINE"].endswith("postgresql") and env.bool("DATABAS
 # runs in more than one process, so the limits hold across all of them.
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
 
-# Where sessions live: "db" (default), "cache" (fastest; sessions are lost if Redis is flushed), or
-# "cached_db" (reads from the cache, writes through to the database).
+# Where sessions live: "db", "cache" (fastest; sessions are lost if Redis is flushed), or "cached_db"
+# (reads from the cache, writes through to the database). The default is "cached_db" when the cache
+# is shared by the server processes (Redis), and "db" with a process's own memory, where a session
+# ended in one process would live on in the others' copies.
+_SHARED_CACHE = not CACHES["default"]["BACKEND"].endswith(("LocMemCache", "DummyCache"))
 SESSION_ENGINE = {
     "db": "django.contrib.sessions.backends.db",
     "cache": "django.contrib.sessions.backends.cache",
     "cached_db": "django.contrib.sessions.backends.cached_db",
-}[env.str("SESSION_STORE", default="db")]
+}[env.str("SESSION_STORE", default="cached_db" if _SHARED_CACHE else "db")]
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
