@@ -40,6 +40,8 @@ class Pinning:
 
     server_cpu: int | None
     harness_cpu: int | None
+    # Every CPU the benchmark may use (the two-process comparison unpins the harness onto all of them).
+    all_cpus: tuple[int, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -61,12 +63,20 @@ def plan_pinning(enabled: bool = True) -> Pinning:
     cpus = sorted(os.sched_getaffinity(0))
     if not enabled or len(cpus) < 2 or shutil.which("taskset") is None:
         return Pinning(None, None)
-    return Pinning(cpus[0], cpus[1])
+    return Pinning(cpus[0], cpus[1], tuple(cpus))
 
 
 def pin_this_process(cpu: int | None) -> None:
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
+
+
+def set_process_cpus(pid: int, cpus: set[int]) -> None:
+    """Move every thread of a running process onto `cpus` (`sched_setaffinity` moves one thread;
+    threads created later inherit their creator's CPUs). The harness's own threads when `pid` is ours."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # a thread that has just ended
+            os.sched_setaffinity(int(task.name), cpus)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -125,13 +125,37 @@ def render_markdown(results: dict[str, Any]) -> str:
     ]
     if verification["problems"]:
         lines += ["**Verification problems:**", ""] + [f"- {p}" for p in verification["problems"]] + [""]
-    lines += ["## Summary (the page's API: session cookie and CSRF header, NDJSON)", ""]
+    measured = {name: server for name, server in results["servers"].items() if "latency" in server}
+    if measured:
+        lines += _summary(measured)
+        lines += ["", *_api_comparison(measured), "", *_ttfb_attribution(measured), ""]
+        lines += [*_responses_comparison(measured), "", *_scaling(measured), ""]
+        lines += _two_processes(measured)
+        lines += ["## All runs", "", *_all_runs(measured), "", "## Client aborts and memory", ""]
+        lines += [*_aborts(measured), "", *_memory(measured), ""]
+    soaked = {name: server["soak"] for name, server in results["servers"].items() if "soak" in server}
+    if soaked:
+        lines += [*_soak(soaked), ""]
+    return "\n".join(lines)
+
+
+def _memory_at_summary(server: dict[str, Any]) -> dict[str, Any] | None:
+    """The memory level the summary shows (`summary_streams`, 500 by default)."""
+    memory = server["memory"]
+    levels = memory["levels"]
+    return next((level for level in levels if level["streams"] == memory["summary_streams"]), None)
+
+
+def _summary(servers: dict[str, Any]) -> list[str]:
+    lines = ["## Summary (the page's API: session cookie and CSRF header, NDJSON)", ""]
     summary_rows = []
-    for name, server in results["servers"].items():
+    memory_streams = "-"
+    for name, server in servers.items():
         latency = server["latency"]
         direct, proxy = latency["direct"], latency["proxy"]
         cpu = server["cpu_bound"]["proxy"]
-        memory = server["memory"]
+        memory = _memory_at_summary(server)
+        memory_streams = str(server["memory"]["summary_streams"])
         aborts = server["aborts"]["proxy"]
         best_paced = server["paced_best"]
         summary_rows.append(
@@ -147,7 +171,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                     f"{_number(cpu['server_cpu_us_per_chunk'], 1)} / "
                     f"{_number(best_paced['server_cpu_us_per_chunk'], 1) if best_paced else '-'}"
                 ),
-                _number(memory["kib_per_stream"], 1) + f" (N={memory['open_together']})",
+                (_number(memory["kib_per_stream"], 1) + f" ({memory['open_together']} open)") if memory else "-",
                 server["paced_max_concurrency"],
                 _pair(aborts["close_delay_p50"], aborts["close_delay_p99"])
                 + (f" ({aborts['never_closed']} never)" if aborts["never_closed"] else ""),
@@ -163,16 +187,19 @@ def render_markdown(results: dict[str, Any]) -> str:
             "TTFT added",
             "relayed chunks/s (CPU-bound)",
             "CPU µs/chunk (CPU-bound / paced)",
-            "RSS KiB per open stream",
+            f"RSS KiB per open stream, {memory_streams} streams",
             "keeps pace up to c",
             "abort: upstream closed after p50 / p99 ms",
             "chunks sent after abort p50 / max",
         ],
         summary_rows,
     )
-    lines += ["", *_api_comparison(results), "", *_responses_comparison(results), "", "## All runs", ""]
+    return lines
+
+
+def _all_runs(servers: dict[str, Any]) -> list[str]:
     rows = []
-    for name, server in results["servers"].items():
+    for name, server in servers.items():
         latency = server["latency"]
         rows += _workload_rows(name, f"latency ({latency['requests']} sequential)", "1", latency)
         rate = server["request_rate"]
@@ -183,7 +210,18 @@ def render_markdown(results: dict[str, Any]) -> str:
         rows += _workload_rows(name, cpu["workload"], str(cpu["concurrency"]), cpu)
         for entry in server["responses"].values():
             rows += _workload_rows(name, f"{entry['workload']} (Responses)", str(entry["concurrency"]), entry)
-    lines += _table(
+        scaling = server.get("scaling")
+        for level in scaling["levels"] if scaling else ():
+            concurrency = str(level["concurrency"])
+            workload = f"{scaling['request_workload']}, {level['request_rounds']} each (cost growth)"
+            rows.append(_run_row(name, workload, concurrency, level["requests"], "-"))
+            workload = f"{scaling['paced_workload']}, {level['paced_rounds']} each (cost growth)"
+            rows.append(_run_row(name, workload, concurrency, level["paced"], level["paced_verdict"]))
+        two = server.get("two_processes")
+        for level in two["levels"] if two else ():
+            workload = f"{two['workload']} (two processes)"
+            rows.append(_run_row(name, workload, str(level["concurrency"]), level["proxy"], level["verdict"]))
+    return _table(
         [
             "server",
             "workload",
@@ -202,9 +240,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         ],
         rows,
     )
-    lines += ["", "## Client aborts and memory", ""]
+
+
+def _aborts(servers: dict[str, Any]) -> list[str]:
     abort_rows = []
-    for name, server in results["servers"].items():
+    for name, server in servers.items():
         for run in (server["aborts"]["direct"], server["aborts"]["proxy"]):
             abort_rows.append(
                 [
@@ -216,7 +256,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                     f"{_number(run['chunks_after_close_p50'])} / {_number(run['chunks_after_close_max'])}",
                 ]
             )
-    lines += _table(
+    return _table(
         [
             "server",
             "target",
@@ -227,40 +267,258 @@ def render_markdown(results: dict[str, Any]) -> str:
         ],
         abort_rows,
     )
-    lines += [""]
+
+
+def _memory(servers: dict[str, Any]) -> list[str]:
+    """RSS per open stream at each level; the one the summary shows is in bold."""
     memory_rows = []
-    for name, server in results["servers"].items():
-        memory = server["memory"]
-        memory_rows.append(
+    for name, server in servers.items():
+        summary_streams = server["memory"]["summary_streams"]
+        for level in server["memory"]["levels"]:
+            per_stream = _number(level["kib_per_stream"], 1)
+            memory_rows.append(
+                [
+                    name,
+                    f"{level['open_together']} of {level['streams']}",
+                    f"{level['chunks']} × {level['delay_ms']:g} ms",
+                    _number(level["idle_rss_bytes"] / 1024 / 1024, 1),
+                    _number(level["loaded_rss_bytes"] / 1024 / 1024, 1),
+                    f"**{per_stream}**" if level["streams"] == summary_streams else per_stream,
+                    str(level["failed_streams"]),
+                ]
+            )
+    return _table(
+        [
+            "server",
+            "streams open together",
+            "stream shape",
+            "idle RSS MiB",
+            "RSS MiB with them open",
+            "KiB per stream",
+            "failed",
+        ],
+        memory_rows,
+    )
+
+
+def _ttfb_attribution(servers: dict[str, Any]) -> list[str]:
+    """Where the time to first byte goes, from the site's own Server-Timing header (c=1 medians)."""
+    lines = [
+        "## Where the time to first byte goes (latency workload, c=1, p50 ms)",
+        "",
+        "From each response's `Server-Timing` header (medians): auth and admission are inside the proxy's own "
+        "part; outside the view = proxied TTFB − (proxy + upstream): the server's parsing and writing, Django's "
+        "middleware and the loopback, which the header cannot see; upstream − direct TTFB = what the relay's "
+        "upstream connection adds over a direct client.",
+        "",
+    ]
+    rows = []
+    for name, server in servers.items():
+        for target, entry in server.get("ttfb_attribution", {}).items():
+            rows.append(
+                [
+                    name,
+                    TARGET_LABELS[target],
+                    _ms(entry["ttfb_p50_direct"]),
+                    _ms(entry["ttfb_p50"]),
+                    _added(entry["ttfb_p50"], entry["ttfb_p50_direct"]),
+                    _ms(entry["auth"]),
+                    _ms(entry["admission"]),
+                    _ms(entry["upstream"]),
+                    _ms(entry["proxy"]),
+                    _ms(entry["outside_view"]),
+                    _ms(entry["upstream_minus_direct"]),
+                ]
+            )
+    lines += _table(
+        [
+            "server",
+            "API",
+            "TTFB direct",
+            "TTFB through the proxy",
+            "TTFB added",
+            "auth",
+            "admission",
+            "upstream",
+            "proxy (own part)",
+            "outside the view",
+            "upstream − direct TTFB",
+        ],
+        rows,
+    )
+    return lines
+
+
+def _scaling(servers: dict[str, Any]) -> list[str]:
+    """How the cost grows with concurrency: per request (one-chunk answers) and per paced chunk."""
+    lines = ["## How the cost grows (the page's API)", ""]
+    rows = []
+    paced_workload = "paced"
+    for name, server in servers.items():
+        scaling = server.get("scaling")
+        if not scaling:
+            continue
+        paced_workload = scaling["paced_workload"]
+        for level in scaling["levels"]:
+            requests, paced = level["requests"], level["paced"]
+            rows.append(
+                [
+                    name,
+                    str(level["concurrency"]),
+                    f"{requests['streams']} ({level['concurrency']} × {level['request_rounds']})",
+                    _number(requests["requests_per_second"]),
+                    _pair(requests["ttfb_p50"], requests["ttfb_p99"]),
+                    _number(requests["server_cpu_ms_per_request"], 2),
+                    _percent(requests["server_cpu_share"]),
+                    f"{paced['streams']} ({level['concurrency']} × {level['paced_rounds']})",
+                    _number(paced["server_cpu_us_per_chunk"], 1),
+                    _number(level["paced_net_cpu_us_per_chunk"], 1),
+                    _percent(paced["server_cpu_share"]),
+                    _percent(paced["harness_cpu_share"]),
+                    level["paced_verdict"],
+                ]
+            )
+    lines += [
+        f"One-chunk answers: c users, each sending R requests back to back. Paced: {paced_workload}, c streams open "
+        "at once; net = (server CPU − streams × CPU per one-chunk request at the same c) / chunks, what a chunk "
+        'costs once its request is paid for. CPU figures are clock ticks (10 ms) over the run: "-" under 0.5 s.',
+        "",
+    ]
+    lines += _table(
+        [
+            "server",
+            "c",
+            "1-chunk requests",
+            "requests/s",
+            "TTFB p50 / p99 ms",
+            "server CPU ms/request",
+            "server CPU",
+            "paced streams",
+            "server CPU µs/chunk",
+            "net of per-request µs/chunk",
+            "server CPU (paced)",
+            "harness CPU (paced)",
+            "paced verdict",
+        ],
+        rows,
+    )
+    return lines
+
+
+def _two_processes(servers: dict[str, Any]) -> list[str]:
+    """One server process against two (--processes 2): the highest paced level each keeps pace at."""
+    entries = {name: server["two_processes"] for name, server in servers.items() if "two_processes" in server}
+    if not entries:
+        return []
+    lines = ["## One process or two (the page's API, paced)", ""]
+    rows = []
+    for name, two in entries.items():
+        one = two["one_process_at_max"]
+        lines.append(
+            f"- {name}: one process keeps pace up to c = {two['one_process_max_concurrency']}; two processes up to "
+            f"c = {two['max_concurrency']}. Two processes: {two['pinning']}."
+        )
+        if one:
+            processes = "1 (its CPU; the harness on the other)"
+            rows.append(_process_row(name, processes, two["one_process_max_kept"], one, "keeps pace"))
+        for level in two["levels"]:
+            rows.append(_process_row(name, "2", level["concurrency"], level["proxy"], level["verdict"]))
+    lines += [
+        "",
+        "Server CPU is each process's CPU / wall time (100% = one core). Harness CPU is the upstream and load "
+        "generator together, as a share of one CPU: with two processes it runs on the same two CPUs as the servers.",
+        "",
+    ]
+    lines += _table(
+        [
+            "server",
+            "processes",
+            "c",
+            "TTFB p50 / p99 ms",
+            "stream p99 s",
+            "content chunks/s",
+            "server CPU (each process)",
+            "harness CPU (one CPU = 100%)",
+            "verdict",
+        ],
+        rows,
+    )
+    return [*lines, ""]
+
+
+def _process_row(server: str, processes: str, concurrency: int, run: dict, verdict: str) -> list[str]:
+    shares = run.get("server_cpu_shares") or [run["server_cpu_share"]]
+    return [
+        server,
+        processes,
+        str(concurrency),
+        _pair(run["ttfb_p50"], run["ttfb_p99"]),
+        "-" if run["duration_p99"] is None else f"{run['duration_p99']:.2f}",
+        _number(run["chunks_per_second"]),
+        " + ".join(_percent(share) for share in shares),
+        _percent(run.get("harness_cpu_total_share")),
+        verdict,
+    ]
+
+
+def _soak(soaks: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Soak (the page's API)",
+        "",
+        "Streams kept open for the whole run, each reopened when it ends, a share of them hung up on by the client at "
+        "a random point; RSS sampled through the run. Slope: least squares over the second half; "
+        f'"flat" within ± {next(iter(soaks.values()))["flat_limit_kib_per_minute"]:g} KiB/min (bench/README.md, '
+        '"Soak"); no verdict under 60 s.',
+        "",
+    ]
+    rows = []
+    for name, soak in soaks.items():
+        slope = soak["slope_kib_per_minute"]
+        per_minute = soak["started"] / (soak["seconds"] / 60) if soak["seconds"] else 0
+        per_stream = f"≈ {slope * 1024 / per_minute:,.0f} B" if slope is not None and per_minute else "-"
+        rows.append(
             [
                 name,
-                f"{memory['open_together']} of {memory['streams']}",
-                _number(memory["idle_rss_bytes"] / 1024 / 1024, 1),
-                _number(memory["loaded_rss_bytes"] / 1024 / 1024, 1),
-                _number(memory["kib_per_stream"], 1),
+                f"{soak['seconds']:g}",
+                f"{soak['streams']} ({soak['abort_share']:.0%} aborted)",
+                f"{soak['completed']:,} / {soak['aborted']:,} / {soak['failed_streams']:,}",
+                " / ".join(
+                    _number(value / 1024 / 1024 if value is not None else None, 1)
+                    for value in (
+                        soak["idle_rss_bytes"],
+                        soak["start_rss_bytes"],
+                        soak["end_rss_bytes"],
+                        soak["max_rss_bytes"],
+                    )
+                ),
+                _difference(slope, 0.0, 0),
+                per_stream,
+                soak["verdict"],
             ]
         )
     lines += _table(
         [
             "server",
-            "streams open together",
-            "idle RSS MiB",
-            "RSS MiB with them open",
-            "KiB per stream",
+            "seconds",
+            "streams open",
+            "completed / aborted / failed",
+            "RSS MiB idle / start / end / max",
+            "slope KiB/min (2nd half)",
+            "slope per stream started",
+            "verdict",
         ],
-        memory_rows,
+        rows,
     )
-    lines += [""]
-    return "\n".join(lines)
+    return lines
 
 
-def _api_comparison(results: dict[str, Any]) -> list[str]:
+def _api_comparison(servers: dict[str, Any]) -> list[str]:
     """The page's API against `/v1`: the same relay behind two fronts, so the last row is what a
     bearer key costs a request compared with a session cookie and CSRF header."""
     lines = ["## The page's API (session) against /v1 (bearer key)", ""]
     rows = []
     request_concurrency = "-"
-    for name, server in results["servers"].items():
+    for name, server in servers.items():
         latency, rate, cpu = server["latency"], server["request_rate"], server["cpu_bound"]
         request_concurrency = str(rate["concurrency"])
         direct = latency["direct"]
@@ -331,7 +589,7 @@ def _api_comparison(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _responses_comparison(results: dict[str, Any]) -> list[str]:
+def _responses_comparison(servers: dict[str, Any]) -> list[str]:
     """The Responses API against chat completions on the page's API: the same streams, the same
     relay, as Responses events; "per chunk" is per content event (`response.output_text.delta`)."""
     lines = [
@@ -343,7 +601,7 @@ def _responses_comparison(results: dict[str, Any]) -> list[str]:
         "",
     ]
     rows = []
-    for name, server in results["servers"].items():
+    for name, server in servers.items():
         responses = server["responses"]
         paced = responses["paced"]
         chat_paced = next((row for row in server["paced"] if row["concurrency"] == paced["concurrency"]), None)

@@ -127,9 +127,11 @@ def _manage(env: dict[str, str], arguments: list[str], stdin: str = "", timeout:
 class ServerKind:
     name: str
     module: str
+    # Modules the command needs besides the server itself (uvicorn's event loop and HTTP parser).
+    requires: tuple[str, ...] = ()
 
     def installed(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
+        return all(importlib.util.find_spec(module) is not None for module in (self.module, *self.requires))
 
     def command(self, port: int) -> list[str]:
         if self.name == "daphne":
@@ -145,10 +147,11 @@ class ServerKind:
                 "0",
                 ASGI_APPLICATION,
             )
-        # The standard asyncio loop and the pure-Python h11 parser, fixed explicitly, so that the
-        # bench's own uvloop (bench/requirements.txt) does not silently change the server under test.
+        # The production configuration the project recommends (README, "Running in production"):
+        # uvloop and the httptools parser named explicitly, so that a missing one fails the start
+        # instead of uvicorn silently falling back to asyncio and h11.
         return python_command(
-            "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--loop", "asyncio", "--http", "h11",
+            "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
             "--lifespan", "off", "--no-access-log", "--log-level", "warning", ASGI_APPLICATION,
         )  # fmt: skip
 
@@ -156,12 +159,12 @@ class ServerKind:
     def description(self) -> str:
         if self.name == "daphne":
             return "daphne (Twisted), -v 0 (no access log)"
-        return "uvicorn --loop asyncio --http h11 --no-access-log"
+        return "uvicorn --loop uvloop --http httptools --lifespan off --no-access-log (the production configuration)"
 
 
 SERVERS = {
     "daphne": ServerKind("daphne", "daphne"),
-    "uvicorn": ServerKind("uvicorn", "uvicorn"),
+    "uvicorn": ServerKind("uvicorn", "uvicorn", requires=("uvloop", "httptools")),
 }
 
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import random
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,8 @@ HARNESS_BUSY_LIMIT = 0.9
 # A CPU-bound proxy measurement means something only if the harness alone goes clearly faster.
 HARNESS_HEADROOM = 1.5
 CONNECT_CONCURRENCY = 64
+# A soak shorter than this gets no verdict: its second half is too short for a slope to mean anything.
+MIN_SOAK_VERDICT_SECONDS = 60
 # CPU shares and CPU per chunk are left out for runs shorter than this (clock-tick resolution).
 MIN_CPU_WINDOW_SECONDS = 0.5
 
@@ -62,6 +65,9 @@ class Target:
 
     The Responses API: "direct_responses": the upstream's `/v1/responses` (SSE, `event: <type>`);
     "proxy_responses": the page's `/api/responses/stream` (session and CSRF, one event a line).
+
+    `more_ports`: further server processes of the same site (the two-process comparison); virtual
+    user i talks to `ports[i % len(ports)]`, so users alternate between the processes.
     """
 
     name: str
@@ -70,6 +76,14 @@ class Target:
     sessions: tuple[Session, ...] = ()
     # The users' personal API keys, for "proxy_v1" (user i sends keys[i % len(keys)]).
     api_keys: tuple[str, ...] = ()
+    more_ports: tuple[int, ...] = ()
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (self.port, *self.more_ports)
+
+    def port_for(self, user_index: int) -> int:
+        return self.ports[user_index % len(self.ports)]
 
     @property
     def sse(self) -> bool:
@@ -85,7 +99,7 @@ class Target:
         return self.name not in (DIRECT, DIRECT_RESPONSES)
 
     def request(self, spec: StreamSpec, user_index: int) -> bytes:
-        host = f"127.0.0.1:{self.port}"
+        host = f"127.0.0.1:{self.port_for(user_index)}"
         if self.name in NDJSON_TARGETS:
             session = self.sessions[user_index % len(self.sessions)]
             headers = {
@@ -121,32 +135,45 @@ class Target:
 
 @dataclass(frozen=True)
 class Probes:
-    """The processes whose CPU time and memory the measurements read, and the CPUs they are pinned to."""
+    """The processes whose CPU time and memory the measurements read, and the CPUs they are pinned to.
+
+    `more_server_pids`: the other server processes of a multi-process run; the server's CPU time is
+    then the sum over all of them (and each one's is kept too)."""
 
     upstream_pid: int
     server_pid: int | None
     server_cpu: int | None = None
     harness_cpu: int | None = None
+    more_server_pids: tuple[int, ...] = ()
 
     @property
     def harness_shares_one_cpu(self) -> bool:
         return self.harness_cpu is not None
 
+    @property
+    def server_pids(self) -> tuple[int, ...]:
+        return (self.server_pid, *self.more_server_pids) if self.server_pid else ()
+
 
 @dataclass(frozen=True)
 class CpuSnapshot:
     wall: float
-    server: float
+    # CPU seconds of each server process (in `Probes.server_pids` order).
+    servers: tuple[float, ...]
     upstream: float
     load_generator: float
     # Busy seconds of each CPU (all processes), to tell how much other processes took on the machine.
     cpu_busy: dict[int, float]
 
+    @property
+    def server(self) -> float:
+        return sum(self.servers)
+
     @classmethod
     def take(cls, probes: Probes) -> CpuSnapshot:
         return cls(
             wall=time.monotonic(),
-            server=cpu_seconds(probes.server_pid) if probes.server_pid else 0.0,
+            servers=tuple(cpu_seconds(pid) for pid in probes.server_pids),
             upstream=cpu_seconds(probes.upstream_pid),
             load_generator=cpu_seconds(os.getpid()),
             cpu_busy=busy_seconds_per_cpu(),
@@ -227,8 +254,13 @@ class RunMetrics:
     server_cpu_ms_per_request: float | None = None
     server_cpu_us_per_chunk: float | None = None
     server_cpu_share: float | None = None
+    # Each server process's CPU / wall time (one entry, or one per process in a multi-process run).
+    server_cpu_shares: list[float] = field(default_factory=list)
     upstream_cpu_us_per_chunk: float | None = None
     harness_cpu_share: float | None = None
+    # Upstream + load generator CPU / wall time whatever the pinning (100% = one core): how much of
+    # the machine the harness took, when it shares the CPUs with the servers.
+    harness_cpu_total_share: float | None = None
     # Share of the server's CPU and of the harness's CPU that other processes on the machine used
     # during the run (pinned runs only): noise from outside the benchmark.
     other_load_server_cpu: float | None = None
@@ -327,8 +359,12 @@ def summarize(
         server_cpu_ms_per_request=server_cpu * 1e3 / len(outcomes) if measured_server and outcomes else None,
         server_cpu_us_per_chunk=server_cpu * 1e6 / chunks if measured_server and chunks else None,
         server_cpu_share=server_cpu / window if measured_server else None,
+        server_cpu_shares=(
+            [(a - b) / window for a, b in zip(after.servers, before.servers, strict=True)] if measured_server else []
+        ),
         upstream_cpu_us_per_chunk=upstream_cpu * 1e6 / chunks if cpu_readable and chunks else None,
         harness_cpu_share=harness_share,
+        harness_cpu_total_share=(upstream_cpu + load_generator_cpu) / window if cpu_readable else None,
         other_load_server_cpu=other_server,
         other_load_harness_cpu=other_harness,
         paced_seconds=paced_limit,
@@ -355,6 +391,11 @@ def median_metrics(runs: list[RunMetrics]) -> RunMetrics:
                 name: statistics.median(run.server_timing_p50[name] for run in runs if name in run.server_timing_p50)
                 for name in names
             }
+        elif spec.name == "server_cpu_shares":
+            lengths = {len(run.server_cpu_shares) for run in runs}
+            merged.server_cpu_shares = (
+                [statistics.median(shares) for shares in zip(*values, strict=True)] if len(lengths) == 1 else []
+            )
         elif all(isinstance(v, (int, float)) for v in values):
             middle = statistics.median(values)
             setattr(
@@ -423,7 +464,7 @@ async def run_streams(
     paced: bool = False,
 ) -> RunMetrics:
     """Virtual user i starts at i/len(plan) × stagger and runs its specs back to back on one connection."""
-    slots = [ConnectionSlot("127.0.0.1", target.port) for _ in plan]
+    slots = [ConnectionSlot("127.0.0.1", target.port_for(index)) for index in range(len(plan))]
     await _connect_all(slots)
     results: list[tuple[StreamSpec, Exchange]] = []
 
@@ -481,6 +522,8 @@ class MemoryMetrics:
     loaded_rss_bytes: int
     failed_streams: int
     problems: list[str]
+    # From the first request to the moment the most streams were open (how long starting them took).
+    seconds_to_peak: float = 0.0
 
     @property
     def bytes_per_stream(self) -> float | None:
@@ -490,31 +533,67 @@ class MemoryMetrics:
 
 
 async def memory_per_stream(
-    target: Target, server_pid: int, streams: int, chunks: int, delay_ms: float
+    target: Target,
+    server_pid: int,
+    streams: int,
+    chunks: int,
+    delay_ms: float,
+    start_concurrency: int = CONNECT_CONCURRENCY,
 ) -> MemoryMetrics:
-    """Server RSS with `streams` streams open at once, minus its idle RSS just before."""
+    """Server RSS with `streams` streams open at once, minus its idle RSS just before.
+
+    Connections are opened, then requests started, at most `start_concurrency` at a time (a start
+    holds its place until its first response byte): a burst of thousands of requests would only
+    measure the server's accept queue and time out, and the streams must be long enough (the caller
+    sizes `chunks`) for the last one to start before the first ones end.
+    """
     slots = [ConnectionSlot("127.0.0.1", target.port) for _ in range(streams)]
     await _connect_all(slots)
     await asyncio.sleep(0.2)
     idle = rss_bytes(server_pid)
     specs = [StreamSpec.new(chunks, delay_ms) for _ in range(streams)]
-    sent: list[tuple[StreamSpec, Exchange, asyncio.Future[Exchange]]] = []
-    for index, (slot, spec) in enumerate(zip(slots, specs, strict=True)):
-        await slot.connect()
-        assert slot.connection is not None
-        exchange, done = slot.connection.send(target.request(spec, index))
-        sent.append((spec, exchange, done))
-    peak_open, loaded = 0, idle
-    deadline = time.monotonic() + _stream_timeout(specs[0])
+    sent: list[tuple[StreamSpec, Exchange, asyncio.Future[Exchange] | None]] = []
+    starting = asyncio.Semaphore(start_concurrency)
+
+    async def start(index: int, slot: ConnectionSlot, spec: StreamSpec) -> None:
+        async with starting:
+            try:
+                await slot.connect()  # again if the first connect failed
+            except (OSError, TimeoutError) as exc:
+                sent.append((spec, Exchange(sent_at=time.monotonic(), error=f"connect failed: {exc!r}"), None))
+                return
+            assert slot.connection is not None
+            exchange, done = slot.connection.send(target.request(spec, index))
+            sent.append((spec, exchange, done))
+            deadline = time.monotonic() + 30
+            while exchange.first_byte_at is None and not done.done() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+
+    peak_open, loaded, peak_at = 0, idle, 0.0
+    first_sent = time.monotonic()
+    starts = asyncio.ensure_future(
+        asyncio.gather(*(start(index, slot, spec) for index, (slot, spec) in enumerate(zip(slots, specs, strict=True))))
+    )
+    # Each start waits at most 30 s for its first byte, `start_concurrency` at a time.
+    deadline = time.monotonic() + 30 * (streams / start_concurrency + 1) + _stream_timeout(specs[0])
     try:
-        while time.monotonic() < deadline and not all(done.done() for _, _, done in sent):
-            open_now = sum(1 for _, exchange, done in sent if exchange.first_byte_at and not done.done())
+        while time.monotonic() < deadline and not (
+            starts.done() and all(done is None or done.done() for _, _, done in sent)
+        ):
+            open_now = sum(
+                1 for _, exchange, done in sent if done is not None and exchange.first_byte_at and not done.done()
+            )
             rss = rss_bytes(server_pid)
             # The RSS that counts is the one with the most streams open at once (ideally all of them).
             if open_now > peak_open or (open_now == peak_open and rss > loaded):
+                if open_now > peak_open:
+                    peak_at = time.monotonic() - first_sent
                 peak_open, loaded = open_now, rss
             await asyncio.sleep(0.05)
     finally:
+        starts.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starts
         for slot in slots:
             slot.close()
     outcomes = [_outcome(spec, exchange, target) for spec, exchange, _ in sent]
@@ -524,8 +603,9 @@ async def memory_per_stream(
         peak_open,
         idle,
         loaded,
-        sum(1 for o in outcomes if o.problems),
+        sum(1 for o in outcomes if o.problems) + streams - len(outcomes),
         problems[:5],
+        peak_at,
     )
 
 
@@ -631,4 +711,169 @@ async def client_aborts(
         never_closed=never_closed,
         failed_streams=sum(1 for o in outcomes if o.problems),
         problems=problems[:5],
+    )
+
+
+# --- soak ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class SoakMetrics:
+    """A long run of `streams` streams kept open, some aborted by their client: does the server's RSS settle?"""
+
+    seconds: float
+    streams: int
+    abort_share: float
+    idle_rss_bytes: int
+    # (seconds since the streams started, server RSS in bytes), every `sample_seconds`.
+    samples: list[tuple[float, int]]
+    # The users start spread over this many seconds (one mean stream); "start" RSS is the first sample after.
+    ramp_seconds: float
+    completed: int
+    aborted: int
+    failed_streams: int
+    problems: list[str]
+    flat_limit_kib_per_minute: float
+
+    @property
+    def started(self) -> int:
+        return self.completed + self.aborted + self.failed_streams
+
+    @property
+    def slope_kib_per_minute(self) -> float | None:
+        """Least-squares slope of RSS over the second half of the run (the first half holds the warm-up
+        and the allocator reaching its working size), in KiB per minute; None with fewer than 3 samples."""
+        half = self.seconds / 2
+        points = [(t, rss) for t, rss in self.samples if t >= half]
+        if len(points) < 3:
+            return None
+        mean_t = statistics.fmean(t for t, _ in points)
+        mean_rss = statistics.fmean(rss for _, rss in points)
+        spread = sum((t - mean_t) ** 2 for t, _ in points)
+        if spread <= 0:
+            return None
+        slope = sum((t - mean_t) * (rss - mean_rss) for t, rss in points) / spread
+        return slope * 60 / 1024
+
+    @property
+    def verdict(self) -> str:
+        slope = self.slope_kib_per_minute
+        if slope is None or self.seconds < MIN_SOAK_VERDICT_SECONDS:
+            return f"too short to judge (under {MIN_SOAK_VERDICT_SECONDS} s)"
+        if abs(slope) <= self.flat_limit_kib_per_minute:
+            return "flat"
+        return "growing" if slope > 0 else "shrinking"
+
+    def as_dict(self) -> dict:
+        rss = [value for _, value in self.samples]
+        start = next((value for t, value in self.samples if t >= self.ramp_seconds), None)
+        return {
+            **asdict(self),
+            "started": self.started,
+            "start_rss_bytes": start,
+            "end_rss_bytes": rss[-1] if rss else None,
+            "max_rss_bytes": max(rss, default=None),
+            "slope_kib_per_minute": self.slope_kib_per_minute,
+            "verdict": self.verdict,
+        }
+
+
+async def _soak_exchange(slot: ConnectionSlot, request: bytes, timeout: float, abort_after: float | None) -> Exchange:
+    """One soak stream on the user's connection: to its end, or hung up on `abort_after` s after its first byte."""
+    try:
+        await slot.connect()
+    except (OSError, TimeoutError) as exc:
+        return Exchange(sent_at=time.monotonic(), error=f"connect failed: {exc!r}")
+    connection = slot.connection
+    assert connection is not None
+    exchange, done = connection.send(request)
+    try:
+        async with asyncio.timeout(timeout):
+            if abort_after is not None:
+                while exchange.first_byte_at is None and not done.done():
+                    await asyncio.sleep(0.01)
+                await asyncio.wait({done}, timeout=abort_after)
+                if not done.done():
+                    connection.abort_exchange()  # the next stream reconnects
+            await done
+    except TimeoutError:
+        exchange.error = f"no complete response within {timeout:g} s"
+        slot.close()
+    return exchange
+
+
+async def soak(
+    target: Target,
+    server_pid: int,
+    seconds: float,
+    streams: int,
+    chunk_range: tuple[int, int],
+    delay_ms: float,
+    abort_share: float,
+    sample_seconds: float,
+    seed: int,
+    flat_limit_kib_per_minute: float,
+) -> SoakMetrics:
+    """For `seconds`, `streams` virtual users each run paced streams back to back (so that many stay
+    open), `abort_share` of them hung up on at a random point; the server's RSS sampled every
+    `sample_seconds`.
+
+    Each user draws its streams from its own generator seeded with (`seed`, user), so a run is
+    reproducible: its answer lengths, which streams are aborted and when. Every stream is verified
+    as soon as it ends and its pieces dropped (an hour's pieces would not fit in memory); the garbage
+    collector stays on, since this measures memory and not timing.
+    """
+    idle = rss_bytes(server_pid)
+    counts = {"completed": 0, "aborted": 0, "failed": 0}
+    problems: list[str] = []
+    samples: list[tuple[float, int]] = []
+    started_at = time.monotonic()
+    stop_at = started_at + seconds
+
+    # Users start spread over one mean stream so that their streams do not end in step.
+    ramp = min(seconds / 2, sum(chunk_range) / 2 * delay_ms / 1000)
+
+    async def user(index: int) -> None:
+        rng = random.Random(f"{seed}-{index}")
+        slot = ConnectionSlot("127.0.0.1", target.port_for(index))
+        await asyncio.sleep(rng.uniform(0, ramp))
+        try:
+            while time.monotonic() < stop_at:
+                spec = StreamSpec.new(rng.randint(*chunk_range), delay_ms)
+                abort_after = rng.uniform(0.05, 0.95) * spec.paced_seconds if rng.random() < abort_share else None
+                exchange = await _soak_exchange(slot, target.request(spec, index), _stream_timeout(spec), abort_after)
+                outcome = _outcome(spec, exchange, target)
+                if outcome.problems:
+                    counts["failed"] += 1
+                    problems.extend(
+                        f"{spec.tag}: {problem}" for problem in outcome.problems[: max(0, 5 - len(problems))]
+                    )
+                    await asyncio.sleep(0.5)  # a failing server is not hammered in a tight loop
+                elif exchange.aborted_at is not None:
+                    counts["aborted"] += 1
+                else:
+                    counts["completed"] += 1
+        finally:
+            slot.close()
+
+    async def sampler() -> None:
+        for index in range(int(seconds / sample_seconds) + 1):
+            await asyncio.sleep(max(0.0, started_at + index * sample_seconds - time.monotonic()))
+            samples.append((time.monotonic() - started_at, rss_bytes(server_pid)))
+
+    longest = _stream_timeout(StreamSpec("", max(chunk_range), delay_ms))
+    async with asyncio.timeout(seconds + 2 * longest + 10):
+        await asyncio.gather(sampler(), *(user(index) for index in range(streams)))
+    return SoakMetrics(
+        seconds=seconds,
+        streams=streams,
+        abort_share=abort_share,
+        idle_rss_bytes=idle,
+        samples=samples,
+        ramp_seconds=ramp,
+        completed=counts["completed"],
+        aborted=counts["aborted"],
+        failed_streams=counts["failed"],
+        problems=problems[:5],
+        flat_limit_kib_per_minute=flat_limit_kib_per_minute,
     )

@@ -1,7 +1,7 @@
 """Tests of the benchmark harness (bench/): its text verification, and a smoke run end to end.
 
 The smoke run only happens under CI or with BENCH_SMOKE=1, since it starts several processes for
-about 15 s. Nothing here asserts a speed: timings on a shared machine are not a test result.
+about 40 s. Nothing here asserts a speed: timings on a shared machine are not a test result.
 """
 
 from __future__ import annotations
@@ -17,8 +17,11 @@ import pytest
 
 from bench.answers import MODEL, StreamSpec
 from bench.http_client import Exchange
+from bench.run import ttfb_attribution
+from bench.site import SERVERS
 from bench.transcript import read_transcript, verification_problems
 from bench.upstream import render_answer, render_response
+from bench.workloads import RunMetrics, SoakMetrics, median_metrics
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -136,10 +139,56 @@ def test_verification_refuses_a_chat_stream_where_responses_events_are_expected_
     assert any("Responses event(s)" in p for p in _problems(spec, _relayed_lines(spec, "responses")))
 
 
+def test_uvicorn_runs_in_the_production_configuration() -> None:
+    command = SERVERS["uvicorn"].command(8000)
+    for option, value in (("--loop", "uvloop"), ("--http", "httptools"), ("--lifespan", "off")):
+        assert command[command.index(option) + 1] == value
+    assert "--no-access-log" in command and command[-1] == "chatproxy.asgi:application"
+    assert SERVERS["uvicorn"].requires == ("uvloop", "httptools")
+
+
+def test_ttfb_attribution_splits_the_proxied_time_to_first_byte() -> None:
+    direct = RunMetrics(target="direct", ttfb_p50=0.0002)
+    proxy = RunMetrics(
+        target="proxy",
+        ttfb_p50=0.0084,
+        server_timing_p50={"auth": 0.0016, "admission": 0.0008, "upstream": 0.0010, "proxy": 0.0028},
+    )
+    attribution = ttfb_attribution(direct, proxy)
+    assert attribution["ttfb_added"] == pytest.approx(0.0082)
+    assert attribution["outside_view"] == pytest.approx(0.0084 - 0.0028 - 0.0010)
+    assert attribution["upstream_minus_direct"] == pytest.approx(0.0008)
+    assert ttfb_attribution(direct, RunMetrics(target="proxy", ttfb_p50=0.01))["outside_view"] is None
+
+
+def test_median_of_repeated_runs_keeps_each_processs_cpu_share() -> None:
+    runs = [RunMetrics(target="proxy", server_cpu_shares=[share, share / 2]) for share in (0.2, 0.4, 0.6)]
+    assert median_metrics(runs).server_cpu_shares == [0.4, 0.2]
+
+
+def _soak(samples: list[tuple[float, int]], seconds: float = 600) -> SoakMetrics:
+    return SoakMetrics(seconds, 200, 0.2, 100 << 20, samples, 5.0, 20_000, 5_000, 0, [], 256.0)
+
+
+def test_soak_slope_is_fitted_over_the_second_half_only() -> None:
+    # A steep warm-up, then flat with allocator noise: flat.
+    warm_up = [(t, (100 << 20) + t * 100_000) for t in range(0, 300, 10)]
+    plateau = [(t, (130 << 20) + (4096 if t % 20 else 0)) for t in range(300, 610, 10)]
+    flat = _soak(warm_up + plateau)
+    assert abs(flat.slope_kib_per_minute or 0) < 10 and flat.verdict == "flat"
+    # 1 MiB a minute in the second half: growing.
+    growing = _soak([(t, (130 << 20) + t * (1 << 20) // 60) for t in range(0, 610, 10)])
+    assert growing.slope_kib_per_minute == pytest.approx(1024, rel=0.01) and growing.verdict == "growing"
+    assert _soak(plateau, seconds=30).verdict.startswith("too short")
+    summary = flat.as_dict()
+    assert summary["start_rss_bytes"] == warm_up[1][1] and summary["max_rss_bytes"] == max(r for _, r in plateau)
+
+
 @smoke_test
 def test_quick_benchmark_runs_end_to_end_with_verified_text(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "bench", "--quick", "--server", "daphne", "--processes", "2"]
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--server", "daphne", "--results-dir", str(tmp_path)],
+        [*command, "--results-dir", str(tmp_path)],
         cwd=BASE_DIR,
         capture_output=True,
         text=True,
@@ -177,3 +226,43 @@ def test_quick_benchmark_runs_end_to_end_with_verified_text(tmp_path: Path) -> N
             run = responses[workload][target]
             assert run["streams"] > 0 and run["failed_streams"] == 0, run
     assert responses["cpu_bound"]["proxy_responses"]["content_chunks"] == 4 * 200
+
+    # Where the time to first byte goes: the Server-Timing phases and what lies outside the view.
+    assert "## Where the time to first byte goes" in result.stdout, output
+    for target in ("proxy", "proxy_v1"):
+        attribution = daphne["ttfb_attribution"][target]
+        for key in ("ttfb_p50", "ttfb_p50_direct", "auth", "admission", "upstream", "proxy", "outside_view"):
+            assert attribution[key] is not None, (target, key, attribution)
+
+    # Memory at each level (quick: 10 and 20 streams), the summary at the level it names.
+    assert "| RSS KiB per open stream, 20 streams |" in result.stdout, output
+    memory = daphne["memory"]
+    assert [level["streams"] for level in memory["levels"]] == [10, 20] and memory["summary_streams"] == 20
+    for level in memory["levels"]:
+        assert level["failed_streams"] == 0 and level["open_together"] > 0, level
+
+    # How the cost grows: one-chunk requests and paced streams at each level, verified.
+    assert "## How the cost grows" in result.stdout, output
+    scaling = daphne["scaling"]["levels"]
+    assert [level["concurrency"] for level in scaling] == [1, 4]
+    for level in scaling:
+        for run in (level["requests"], level["paced"]):
+            assert run["streams"] > 0 and run["failed_streams"] == 0, run
+        assert level["requests"]["streams"] == level["concurrency"] * level["request_rounds"]
+        assert level["paced_verdict"]
+
+    # One process or two: the paced levels against two processes, users alternating, verified.
+    assert "## One process or two" in result.stdout, output
+    two = daphne["two_processes"]
+    assert two["levels"] and two["levels"][0]["concurrency"] == 10
+    for level in two["levels"]:
+        assert level["proxy"]["streams"] > 0 and level["proxy"]["failed_streams"] == 0, level
+        assert len(level["proxy"]["server_cpu_shares"]) in (0, 2)
+
+    # The tiny soak: streams kept open and reopened, some aborted, every one verified, RSS sampled.
+    assert "## Soak" in result.stdout, output
+    soak = daphne["soak"]
+    assert soak["completed"] > 0 and soak["aborted"] > 0 and soak["failed_streams"] == 0, soak
+    assert soak["started"] == soak["completed"] + soak["aborted"] + soak["failed_streams"]
+    assert len(soak["samples"]) >= 3 and soak["max_rss_bytes"] >= soak["end_rss_bytes"] > 0
+    assert soak["verdict"].startswith("too short")
