@@ -28,7 +28,7 @@ import hashlib
 import hmac
 import urllib.request
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -72,9 +72,10 @@ class AiohttpBody(httpx2.AsyncByteStream):
         self._response = response
         self._content = response.content
 
-    async def read(self) -> bytes:
-        """Whatever arrived since the last read, waiting for something; b"" once the body has ended."""
-        return await self._content.readany()
+    def read(self) -> Awaitable[bytes]:
+        """Whatever arrived since the last read, waiting for something; b"" once the body has ended.
+        (aiohttp's own coroutine, awaited by the caller: one frame less on every chunk.)"""
+        return self._content.readany()
 
     def read_nowait(self) -> bytes:
         """Whatever arrived since the last read, without waiting (b"" if nothing has)."""

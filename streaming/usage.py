@@ -36,6 +36,7 @@ from .models import ApiKey, UsageLog
 from .pricing import apply_cost, cost_of
 from .request_log import log_usage
 from .timings import RequestTimings
+from .usage_statements import update_usage_row
 
 logger = logging.getLogger(__name__)
 
@@ -310,8 +311,7 @@ def _settle(row: UsageLog, reserved: Reservation) -> bool:
 
 def _write_settled(row: UsageLog, *, was: str) -> bool:
     """Write the row's end into the database if it still has status `was`: whether it did."""
-    values = {name: getattr(row, name) for name in SETTLED_FIELDS}
-    return bool(UsageLog.objects.filter(pk=row.pk, status=was).update(**values))
+    return update_usage_row(row, SETTLED_FIELDS, was=was)
 
 
 async def record_usage(account: StreamAccount, admission: Admission) -> UsageLog:
