@@ -110,6 +110,9 @@ elif DATABASES["default"]["ENGINE"].endswith("postgresql") and env.bool("DATABAS
 # Counters for per-user limits. Local memory is per process; use Redis (redis://...) when the site
 # runs in more than one process, so the limits hold across all of them.
 CACHES = {"default": env.cache_url("CACHE_URL", default="locmemcache://")}
+if CACHES["default"]["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+    # The same backend with one connection pool per process instead of one per request (see the module).
+    CACHES["default"]["BACKEND"] = "chatproxy.redis_cache.ProcessRedisCache"
 
 # Where sessions live: "db", "cache" (fastest; sessions are lost if Redis is flushed), or "cached_db"
 # (reads from the cache, writes through to the database). The default is "cached_db" when the cache

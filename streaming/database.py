@@ -12,7 +12,6 @@ arrive at once (`CHAT_DATABASE_THREADS`).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import threading
 from collections.abc import Callable
@@ -43,13 +42,16 @@ def database_executor() -> ThreadPoolExecutor:
 
 
 async def in_database_thread(func: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-    """`func(*args, **kwargs)` on a database thread, in a copy of the caller's context; its
-    connection is then kept or handed back as the site's settings say (`close_old_connections`).
+    """`func(*args, **kwargs)` on a database thread; its connection is then kept or handed back as
+    the site's settings say (`close_old_connections`).
 
-    One thread hop, cheaper than `sync_to_async`'s: the functions run here touch the database and
-    the cache, never the request's thread-sensitive state.
+    One thread hop, cheaper than `sync_to_async`'s. The function runs in the thread's own context,
+    not a copy of the caller's: Django keeps a cache client per context (`caches`), so in a copy
+    each request would open new connections to Redis (redis-py also reads its package metadata
+    from disk for each), where each database thread keeps one. The functions run here touch the
+    database and the cache, never the request's context-bound state (its language, its URL prefix).
     """
-    call = functools.partial(contextvars.copy_context().run, _then_release_connections, func, *args, **kwargs)
+    call = functools.partial(_then_release_connections, func, *args, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(database_executor(), call)
 
 
