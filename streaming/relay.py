@@ -15,13 +15,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any, Protocol
 
 import aiohttp
-import anyio
-import httpx2
 import openai
 import orjson
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -50,7 +48,6 @@ logger = logging.getLogger(__name__)
 
 # After the end of the answer, how long to wait for the upstream to end its body so its connection can be reused.
 DRAIN_SECONDS = 0.1
-UPSTREAM_READ_ERRORS = (aiohttp.ClientError, httpx2.TransportError, anyio.EndOfStream)
 
 
 class ApiRequest(Protocol):
@@ -348,9 +345,7 @@ class RelayStream:
             wake_at = min(wake_at, self._last_write + self._keepalive)
         await asyncio.wait({self._opening}, timeout=max(0.0, wake_at - now))
         now = time.monotonic()
-        if now - self._last_refresh >= SLOT_REFRESH_SECONDS:
-            await in_database_thread(keep_alive, self._account, self._admission)
-            self._last_refresh = now
+        await self._refresh_if_due(now)
         if self._opening.done() or not self._keepalive or now - self._last_write < self._keepalive:
             return False
         self._last_write = now
@@ -386,26 +381,30 @@ class RelayStream:
     async def _on_due(self, body: AiohttpBody) -> bytes | None:
         """Do what fell due: the row's refresh; then, unless data is waiting (returned), note a timeout."""
         now = time.monotonic()
-        if now - self._last_refresh >= SLOT_REFRESH_SECONDS:
-            await in_database_thread(keep_alive, self._account, self._admission)
-            self._last_refresh = now
+        await self._refresh_if_due(now)
         data = body.read_nowait()
         if data or body.at_eof():
             return data
-        if self._account.first_output_at is None:
-            deadline, timeout_error = self._first_token_deadline, first_token_timeout
-        else:
-            deadline, timeout_error = self._last_data + self._idle_limit, idle_timeout
+        deadline, timeout_error = self._silence_deadline()
         if now >= deadline:
             self._failure = timeout_error()
         return None
 
-    def _wake_at(self) -> float:
+    async def _refresh_if_due(self, now: float) -> None:
+        """The row's and slot's sign of life, every SLOT_REFRESH_SECONDS."""
+        if now - self._last_refresh >= SLOT_REFRESH_SECONDS:
+            await in_database_thread(keep_alive, self._account, self._admission)
+            self._last_refresh = now
+
+    def _silence_deadline(self) -> tuple[float, Callable[[], ApiError]]:
+        """When the upstream's silence ends the stream, and with which error: the first-token
+        timeout until the answer's first output, then the idle timeout after its last data."""
         if self._account.first_output_at is None:
-            wake_at = self._first_token_deadline
-        else:
-            wake_at = self._last_data + self._idle_limit
-        wake_at = min(wake_at, self._last_refresh + SLOT_REFRESH_SECONDS)
+            return self._first_token_deadline, first_token_timeout
+        return self._last_data + self._idle_limit, idle_timeout
+
+    def _wake_at(self) -> float:
+        wake_at = min(self._silence_deadline()[0], self._last_refresh + SLOT_REFRESH_SECONDS)
         if self._keepalive:
             wake_at = min(wake_at, self._last_write + self._keepalive)
         return wake_at
@@ -428,10 +427,11 @@ class RelayStream:
             self._task.cancel()
 
     def _read_failure(self, exc: Exception) -> ApiError:
-        if not isinstance(exc, UPSTREAM_READ_ERRORS):
-            logger.error("Unexpected failure reading the upstream stream", exc_info=exc)
-        elif not isinstance(exc, (httpx2.TimeoutException, TimeoutError)):
+        """A failure reading the answer: aiohttp's for a connection that broke off (the relay's own
+        timeouts end silences; aiohttp has no read timeout here), else unexpected."""
+        if isinstance(exc, aiohttp.ClientError):
             return upstream_connection_lost()
+        logger.error("Unexpected failure reading the upstream stream", exc_info=exc)
         return upstream_error(exc)
 
     def _frame_events(self, events: list[SSEEvent]) -> bytes:

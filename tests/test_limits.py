@@ -202,7 +202,7 @@ def test_a_gap_longer_than_the_idle_timeout_ends_the_stream(site_client, fake_up
     assert lines[-1]["error"]["code"] == "upstream_timeout"
     assert "mid-answer" in lines[-1]["error"]["message"]
     assert time.monotonic() - started < 3.0  # OPENAI_IDLE_TIMEOUT is 2 s on the live site
-    record = fake_upstream.wait_for_stream()
+    record = fake_upstream.wait_for_closed_stream()
     assert record.client_closed_at is not None
     assert UsageLog.objects.get(user=user).status == "error"
 

@@ -180,8 +180,7 @@ def test_upstream_silence_mid_stream_times_out_with_an_error_line(site_client, f
     assert chunks[-1]["error"]["code"] == "upstream_timeout"
     assert time.monotonic() - started < 5  # OPENAI_FIRST_TOKEN_TIMEOUT is 2 s on the live site
     assert wait_for_row(user).status == "error"
-    fake_upstream.wait_for_stream()
-    assert fake_upstream.streams[-1].client_closed_at is not None
+    assert fake_upstream.wait_for_closed_stream().client_closed_at is not None
 
 
 def test_client_disconnect_closes_the_upstream_and_logs_cancelled(site_client, fake_upstream, user):
@@ -196,7 +195,8 @@ def test_client_disconnect_closes_the_upstream_and_logs_cancelled(site_client, f
                 break
     aborted_at = time.monotonic()
 
-    record = fake_upstream.wait_for_stream()
+    # The upstream's own thread notices the close; the row may be settled before it has.
+    record = fake_upstream.wait_for_closed_stream()
     row = wait_for_row(user)
     assert row.status == "cancelled"
     assert record.client_closed_at is not None
