@@ -193,8 +193,8 @@ def accept_request(
     front: Callable[[HttpRequest], Caller],
     parse: Callable[[Body], ApiRequestT],
     endpoint: str,
+    timings: RequestTimings,
     conversation: OpenTurn | None = None,
-    timings: RequestTimings | None = None,
 ) -> Accepted[ApiRequestT] | ApiError:
     """The front, the body's validation, admission and the request's usage row (in progress), or
     the error refusing the request.
@@ -204,7 +204,6 @@ def accept_request(
     open streams must not hold 500 connections. The usage row's refreshes and its settling take one
     briefly.
     """
-    timings = timings or RequestTimings()
     try:
         caller = front(request)
         timings.authenticated = time.monotonic()
