@@ -285,8 +285,7 @@ class RelayStream:
                 if data is None:
                     if self._failure is not None:
                         break
-                    if self._keepalive and time.monotonic() - self._last_write >= self._keepalive:
-                        self._last_write = time.monotonic()
+                    if self._keepalive_due(time.monotonic()):
                         yield self._framing.keepalive
                     self._arm()
                     continue
@@ -346,7 +345,12 @@ class RelayStream:
         await asyncio.wait({self._opening}, timeout=max(0.0, wake_at - now))
         now = time.monotonic()
         await self._refresh_if_due(now)
-        if self._opening.done() or not self._keepalive or now - self._last_write < self._keepalive:
+        return not self._opening.done() and self._keepalive_due(now)
+
+    def _keepalive_due(self, now: float) -> bool:
+        """Whether the client has waited a keepalive interval since the last write (the keepalive
+        the caller then sends counts as that write)."""
+        if not self._keepalive or now - self._last_write < self._keepalive:
             return False
         self._last_write = now
         return True
